@@ -1,0 +1,1 @@
+"""The field gateway runtime: polls devices and publishes their readings over MQTT."""

@@ -1,0 +1,52 @@
+"""``ecotel-gateway``: run a field gateway from its TOML configuration, or check that file."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from collector.config import load_gateway_config
+from collector.gateway import Gateway
+from collector.settings_loader import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecotel-gateway",
+        description="Poll field devices and publish their readings to MQTT (ecotel wire contract v1).",
+        epilog="Environment variables ECOTEL_GW_<SECTION>__<KEY> override the file, "
+        "e.g. ECOTEL_GW_BROKER__PORT=1884. Samples: deploy/gateway/*.toml",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the gateway until Ctrl-C or SIGTERM")
+    run.add_argument("--config", "-c", type=Path, required=True, help="gateway TOML file")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    check = sub.add_parser("check", help="validate a configuration file and print it")
+    check.add_argument("--config", "-c", type=Path, required=True, help="gateway TOML file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_gateway_config(args.config)
+    except ConfigError as exc:
+        print(f"ecotel-gateway: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(settings.model_dump_json(indent=2))
+        return 0
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_run(Gateway(settings)))
+    return 0
+
+
+async def _run(gateway: Gateway) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, gateway.stop)
+    await gateway.run()

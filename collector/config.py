@@ -1,0 +1,91 @@
+"""The gateway's configuration: who it is, where its broker is, and which devices it polls."""
+
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from collector.settings_loader import FileSettings, load_settings
+from devices import KINDS, Identifier
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewayIdentity(_Section):
+    id: Identifier = Field(description="Unique gateway id; also its MQTT topic level")
+    site: Identifier = Field(description="The site the gateway stands at")
+    state_dir: Path = Field(
+        default=Path("gateway-state"), description="Where the gateway keeps its sequence number"
+    )
+    batch_max_readings: int = Field(default=500, ge=1, le=10_000)
+    batch_max_delay_s: float = Field(
+        default=0.5, gt=0, le=60, description="Longest a reading waits to share a message"
+    )
+    buffer_max_readings: int = Field(
+        default=100_000, ge=100, description="Readings held in memory while the broker is away"
+    )
+
+
+class BrokerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65_535)
+    keepalive_s: int = Field(default=30, ge=5, le=3_600)
+    client_id: str | None = Field(default=None, description="Default: ecotel-gw-<gateway id>")
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+
+class SimulatorSource(_Section):
+    type: Literal["simulator"]
+    seed: int = 0
+    options: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+# A discriminated union, so field protocols (modbus, sdi12, dlt645) join as new members.
+DeviceSource = Annotated[SimulatorSource, Field(discriminator="type")]
+
+
+class DeviceSettings(_Section):
+    id: Identifier
+    kind: str
+    interval_s: float = Field(default=10.0, ge=0.05, le=86_400)
+    source: DeviceSource
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"unknown device kind {value!r}; known: {', '.join(KINDS)}")
+        return value
+
+
+class GatewaySettings(FileSettings):
+    """A whole gateway configuration file (see deploy/gateway/*.toml for samples)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ECOTEL_GW_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    gateway: GatewayIdentity
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    devices: list[DeviceSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> Self:
+        seen: set[str] = set()
+        for device in self.devices:
+            if device.id in seen:
+                raise ValueError(f"device id {device.id!r} appears twice")
+            seen.add(device.id)
+        return self
+
+    @property
+    def client_id(self) -> str:
+        return self.broker.client_id or f"ecotel-gw-{self.gateway.id}"
+
+
+def load_gateway_config(path: Path) -> GatewaySettings:
+    """Read a gateway TOML file; ConfigError names the file and key of any problem."""
+    return load_settings(GatewaySettings, path)

@@ -1,0 +1,94 @@
+"""The wire contract between gateways and the ingest: MQTT topics and payloads, version 1.
+
+docs/wire-contract.md is the prose of this module; change both together.
+"""
+
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+from devices import Identifier, Reading
+
+TOPIC_ROOT = "ecotel/v1"
+SCHEMA_VERSION: Literal[1] = 1
+QOS = 1
+MAX_READINGS_PER_MESSAGE = 10_000
+
+READINGS_FILTER = f"{TOPIC_ROOT}/+/+/readings"
+STATUS_FILTER = f"{TOPIC_ROOT}/+/+/status"
+
+
+def readings_topic(site: str, gateway: str) -> str:
+    """Where a gateway publishes its readings (QoS 1, not retained)."""
+    return f"{TOPIC_ROOT}/{site}/{gateway}/readings"
+
+
+def status_topic(site: str, gateway: str) -> str:
+    """Where a gateway's retained online/offline status lives (also its last will)."""
+    return f"{TOPIC_ROOT}/{site}/{gateway}/status"
+
+
+class TopicError(ValueError):
+    """A topic outside the ecotel/v1 scheme."""
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """Split ``ecotel/v1/{site}/{gateway}/{channel}`` into (site, gateway, channel)."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != TOPIC_ROOT or not all(parts[2:]):
+        raise TopicError(f"topic {topic!r} is not {TOPIC_ROOT}/<site>/<gateway>/<channel>")
+    return parts[2], parts[3], parts[4]
+
+
+class ReadingsMessage(BaseModel):
+    """One MQTT message of readings: a batch from one gateway, numbered per gateway."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
+    gateway: Identifier
+    site: Identifier
+    seq: int = Field(
+        ge=0, description="Per-gateway message number: +1 per message, kept across restarts"
+    )
+    sent_at: AwareDatetime
+    readings: list[Reading] = Field(min_length=1, max_length=MAX_READINGS_PER_MESSAGE)
+
+    def encode(self) -> bytes:
+        """The payload bytes: compact UTF-8 JSON with times in RFC 3339 UTC."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class ReadingsEnvelope(BaseModel):
+    """The outer part of a readings message as the ingest first reads it.
+
+    Readings stay raw here so that one bad reading is rejected alone instead
+    of taking its whole message with it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_version: Literal[1] = Field(alias="schema")
+    gateway: Identifier
+    site: Identifier
+    seq: int = Field(ge=0)
+    sent_at: AwareDatetime
+    readings: list[JsonValue] = Field(min_length=1, max_length=MAX_READINGS_PER_MESSAGE)
+
+
+class GatewayStatus(BaseModel):
+    """The retained availability of a gateway; the offline form is also its MQTT last will."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
+    gateway: Identifier
+    site: Identifier
+    state: Literal["online", "offline"]
+    reason: Literal["connected", "shutdown", "connection_lost"]
+    at: AwareDatetime | None = Field(
+        default=None, description="When the state began; absent in the last will, set by the broker"
+    )
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()

@@ -1,0 +1,7 @@
+"""Allow ``python -m pipelines``."""
+
+import sys
+
+from pipelines.cli import main
+
+sys.exit(main())

@@ -1,0 +1,145 @@
+"""The dead-letter store: every refused message or reading, kept with its reason for inspection and replay."""
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiosqlite
+from pydantic import JsonValue
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    reading_index INTEGER,
+    reading TEXT,
+    payload BLOB
+);
+CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters(reason);
+"""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One refused message (``payload`` set) or reading (``reading`` set)."""
+
+    id: int
+    received_at: datetime
+    topic: str
+    reason: str
+    detail: str
+    reading_index: int | None
+    reading: JsonValue
+    payload: bytes | None
+
+
+class DeadLetterStore:
+    """An SQLite file of refusals; safe to read with the sqlite3 shell while the ingest runs.
+
+    A refused reading keeps the reading's JSON; a refused message keeps its
+    exact payload bytes (it may not even be UTF-8).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    async def __aenter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path)
+        # WAL lets operators read while we write; FULL sync because a
+        # dead letter that vanishes on a power cut is a silent loss.
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.executescript(_SCHEMA)
+        await self._db.commit()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("dead-letter store is not open")
+        return self._db
+
+    async def add_message(self, topic: str, payload: bytes, reason: str, detail: str) -> None:
+        await self.add_many(topic, [(reason, detail, None, None)], payload=payload)
+
+    async def add_many(
+        self,
+        topic: str,
+        items: list[tuple[str, str, int | None, JsonValue]],
+        *,
+        payload: bytes | None = None,
+    ) -> None:
+        """Store refusals (reason, detail, reading index, reading) from one message in one commit."""
+        now = datetime.now(UTC).isoformat()
+        rows = [
+            (
+                now,
+                topic,
+                reason,
+                detail,
+                index,
+                None if reading is None else json.dumps(reading, ensure_ascii=False),
+                payload,
+            )
+            for reason, detail, index, reading in items
+        ]
+        await self.db.executemany(
+            "INSERT INTO dead_letters (received_at, topic, reason, detail, reading_index, "
+            "reading, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        await self.db.commit()
+
+    async def list(self, *, reason: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        query = "SELECT * FROM dead_letters"
+        params: tuple[object, ...] = ()
+        if reason is not None:
+            query += " WHERE reason = ?"
+            params = (reason,)
+        query += " ORDER BY id LIMIT ?"
+        async with self.db.execute(query, (*params, limit)) as cursor:
+            return [_row(r) for r in await cursor.fetchall()]
+
+    async def get(self, letter_id: int) -> DeadLetter | None:
+        async with self.db.execute("SELECT * FROM dead_letters WHERE id = ?", (letter_id,)) as cur:
+            row = await cur.fetchone()
+        return _row(row) if row is not None else None
+
+    async def counts(self) -> dict[str, int]:
+        """Number of dead letters per reason."""
+        async with self.db.execute(
+            "SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY reason"
+        ) as cursor:
+            return {str(r[0]): int(r[1]) for r in await cursor.fetchall()}
+
+
+def _row(row: aiosqlite.Row | tuple[object, ...]) -> DeadLetter:
+    (letter_id, received_at, topic, reason, detail, index, reading, payload) = tuple(row)
+    return DeadLetter(
+        id=int(str(letter_id)),
+        received_at=datetime.fromisoformat(str(received_at)),
+        topic=str(topic),
+        reason=str(reason),
+        detail=str(detail),
+        reading_index=None if index is None else int(str(index)),
+        reading=None if reading is None else json.loads(str(reading)),
+        payload=payload if isinstance(payload, bytes) else None,
+    )

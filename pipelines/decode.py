@@ -1,0 +1,95 @@
+"""Turn one MQTT message into line-protocol points, or say precisely why it (or a reading) is refused."""
+
+import json
+from dataclasses import dataclass, field
+
+from pydantic import JsonValue, ValidationError
+
+from collector import wire
+from devices import CatalogError, Reading, check_values
+from pipelines.line_protocol import to_line
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a message, or one reading of it, cannot be stored; the unit of the dead-letter store."""
+
+    reason: str
+    detail: str
+    reading_index: int | None = None
+    reading: JsonValue = None
+
+
+class MessageRejected(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.rejection = Rejection(reason, detail)
+
+
+@dataclass
+class DecodedReadings:
+    """The storable points of a readings message and the readings refused from it."""
+
+    site: str
+    gateway: str
+    seq: int
+    lines: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def decode_readings(topic: str, payload: bytes, *, max_bytes: int) -> DecodedReadings:
+    """Validate a readings message; MessageRejected if the whole message is unusable.
+
+    Reading-level problems (unknown kind, wrong channel, a value out of range
+    or of the wrong type) reject only that reading.
+    """
+    if len(payload) > max_bytes:
+        raise MessageRejected("too_large", f"{len(payload)} bytes, limit {max_bytes}")
+    try:
+        site, gateway, _ = wire.parse_topic(topic)
+    except wire.TopicError as exc:
+        raise MessageRejected("bad_topic", str(exc)) from None
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageRejected("not_utf8", f"payload is not UTF-8: {exc}") from None
+    try:
+        envelope = wire.ReadingsEnvelope.model_validate_json(text)
+    except ValidationError as exc:
+        raise MessageRejected(*_envelope_problem(text, exc)) from None
+    if (envelope.site, envelope.gateway) != (site, gateway):
+        raise MessageRejected(
+            "topic_mismatch",
+            f"topic names site {site!r} gateway {gateway!r}, payload says site "
+            f"{envelope.site!r} gateway {envelope.gateway!r}",
+        )
+    decoded = DecodedReadings(site=site, gateway=gateway, seq=envelope.seq)
+    for index, raw in enumerate(envelope.readings):
+        try:
+            reading = Reading.model_validate(raw)
+            values = check_values(reading.kind, reading.channel, reading.values)
+        except ValidationError as exc:
+            decoded.rejections.append(Rejection("bad_reading", _errors(exc), index, raw))
+        except CatalogError as exc:
+            decoded.rejections.append(Rejection(exc.code, exc.detail, index, raw))
+        else:
+            decoded.lines.append(to_line(site, gateway, reading, values))
+            decoded.kinds.append(reading.kind)
+    return decoded
+
+
+def _envelope_problem(text: str, exc: ValidationError) -> tuple[str, str]:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as bad:
+        return "bad_json", f"payload is not JSON: {bad}"
+    return "bad_envelope", _errors(exc)
+
+
+def _errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,207 @@
+"""Batched writes to InfluxDB's v1 ``/write`` endpoint (served by 1.x, 2.x and 3.x) with retries.
+
+Batches close at a size or after a delay, whichever comes first. Transient
+failures (connection errors, 429 and 5xx) are retried with backoff, honouring
+Retry-After, forever: a point is never dropped because the database is away.
+Points the server refuses outright are isolated by bisection and handed back
+with the server's answer, so one bad point does not take its batch with it.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from pipelines.config import BatchSettings, InfluxSettings
+from pipelines.stats import IngestStats
+
+log = logging.getLogger("ecotel.ingest.influx")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One line of line protocol and where it came from (for counting and dead-lettering)."""
+
+    line: str
+    kind: str
+    topic: str
+    reading: bool = True
+    """False for points that are not device readings (gateway status)."""
+
+
+class InfluxError(Exception):
+    """InfluxDB refused a request; carries the server's status and answer."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"InfluxDB answered {status}: {body.strip()}")
+        self.status = status
+        self.body = body
+
+
+Refused = Callable[[list[Point], InfluxError], Awaitable[None]]
+
+
+class InfluxWriter:
+    """Collect points from many messages into batches and write them in the background."""
+
+    def __init__(
+        self, influx: InfluxSettings, batch: BatchSettings, stats: IngestStats, on_refused: Refused
+    ) -> None:
+        self._influx = influx
+        self._batch = batch
+        self._stats = stats
+        self._on_refused = on_refused
+        self._queue: asyncio.Queue[list[Point]] = asyncio.Queue()
+        self._pending = 0
+        self._space = asyncio.Condition()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._http: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        auth = (
+            httpx.BasicAuth(self._influx.username, self._influx.password or "")
+            if self._influx.username
+            else None
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self._influx.url, timeout=self._influx.timeout_s, auth=auth
+        )
+        if self._influx.create_database:
+            await self._create_database()
+        self._task = asyncio.create_task(self._run(), name="influx-writer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
+
+    @property
+    def pending(self) -> int:
+        """Points accepted but not yet written (or refused)."""
+        return self._pending
+
+    async def put(self, points: list[Point]) -> None:
+        """Queue points for writing; waits while too many are pending (backpressure)."""
+        if not points:
+            return
+        async with self._space:
+            await self._space.wait_for(lambda: self._pending < self._batch.max_pending_points)
+            self._pending += len(points)
+            self._idle.clear()
+        self._queue.put_nowait(points)
+
+    async def wait_idle(self) -> None:
+        """Return once every queued point is written or refused."""
+        await self._idle.wait()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = list(await self._queue.get())
+            deadline = loop.time() + self._batch.max_delay_s
+            while len(batch) < self._batch.max_points:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.extend(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            await self._write(batch)
+            async with self._space:
+                self._pending -= len(batch)
+                self._space.notify_all()
+                if self._pending == 0:
+                    self._idle.set()
+
+    async def _write(self, batch: list[Point]) -> None:
+        try:
+            await self._post_with_retry(batch)
+        except InfluxError as exc:
+            if exc.status == 413 or len(batch) > 1:
+                # Too large, or some point in it refused: halve until the
+                # refused points stand alone. Rewriting accepted points is
+                # harmless, a point's identity makes it overwrite itself.
+                if len(batch) == 1:
+                    await self._on_refused(batch, exc)
+                    return
+                middle = len(batch) // 2
+                await self._write(batch[:middle])
+                await self._write(batch[middle:])
+                return
+            log.error("InfluxDB refused a point: %s", exc)
+            await self._on_refused(batch, exc)
+            return
+        for point in batch:
+            self._stats.count_written(point.kind, reading=point.reading)
+
+    async def _post_with_retry(self, batch: list[Point]) -> None:
+        body = "\n".join(p.line for p in batch).encode()
+        params = {"db": self._influx.database, "precision": "ns"}
+        delay = 0.5
+        while True:
+            started = time.perf_counter()
+            wait = delay
+            try:
+                response = await self.http.post("/write", params=params, content=body)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 204:
+                    self._stats.write_batches += 1
+                    self._stats.last_write_latency_s = time.perf_counter() - started
+                    return
+                # 4xx (but 429) will not get better by retrying; 429 and 5xx may.
+                if response.status_code // 100 == 4 and response.status_code != 429:
+                    raise InfluxError(response.status_code, response.text)
+                problem = f"{response.status_code}: {response.text.strip()}"
+                wait = max(delay, _retry_after(response))
+            self._stats.write_retries += 1
+            log.warning(
+                "write of %d points failed (%s); retrying in %.1f s", len(batch), problem, wait
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self._batch.retry_max_s)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("InfluxWriter used outside 'async with'")
+        return self._http
+
+    async def _create_database(self) -> None:
+        name = self._influx.database.replace("\\", "\\\\").replace('"', '\\"')
+        delay = 0.5
+        while True:
+            try:
+                response = await self.http.post("/query", data={"q": f'CREATE DATABASE "{name}"'})
+            except httpx.TransportError as exc:
+                log.warning("waiting for InfluxDB at %s (%s)", self._influx.url, exc)
+            else:
+                if response.status_code == 200 and '"error"' not in response.text:
+                    return
+                raise InfluxError(response.status_code, response.text)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._batch.retry_max_s)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return float(response.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0

@@ -1,0 +1,85 @@
+"""The mapping of a validated reading to one InfluxDB line-protocol point, with exact escaping.
+
+Hand-written f-strings rather than influxdb-client's Point: measured ~2 us per
+reading against ~12 us, and the ingest serialises every reading it stores.
+"""
+
+from datetime import datetime
+
+from collector.wire import GatewayStatus
+from devices import KindValues, Reading
+
+STATUS_MEASUREMENT = "gateway_status"
+
+# Line protocol escapes: measurement names escape ',' and ' '; tag keys, tag
+# values and field keys also '='; string field values escape '"' and '\'.
+# Identifiers cannot hold '\' or newlines (devices.identifiers), so no other
+# escape is needed in tags.
+_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ "})
+_TAG = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
+_STRING_FIELD = str.maketrans({'"': r"\"", "\\": "\\\\"})
+
+
+def escape_measurement(name: str) -> str:
+    return name.translate(_MEASUREMENT)
+
+
+def escape_tag(text: str) -> str:
+    """Escape a tag key, tag value or field key."""
+    return text.translate(_TAG)
+
+
+def escape_string_field(text: str) -> str:
+    return text.translate(_STRING_FIELD)
+
+
+def timestamp_ns(moment: datetime) -> int:
+    """Nanoseconds since the epoch, exact to the microsecond a datetime holds."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+_EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+def to_line(site: str, gateway: str, reading: Reading, values: KindValues) -> str:
+    """One point: measurement = kind; tags = channel tag, device, gateway, site; fields = values.
+
+    A point's identity in InfluxDB is measurement + tags + time, so the same
+    reading always gives the same line (a retry overwrites itself), and two
+    readings differing in site, gateway, device, channel, kind or time never
+    collide. Every number is written as a float so that a field's type never
+    conflicts between points.
+    """
+    tags = []
+    spec = type(values).channel
+    if spec is not None and reading.channel is not None:
+        tags.append((spec.tag, reading.channel))
+    tags += [("device", reading.device), ("gateway", gateway), ("site", site)]
+    # InfluxDB stores tags sorted by key; sending them sorted saves it the work.
+    tags.sort()
+    tag_text = ",".join(f"{escape_tag(k)}={escape_tag(v)}" for k, v in tags)
+    fields = []
+    for key, value in values:
+        if value is None:
+            continue
+        if isinstance(value, str):
+            fields.append(f'{escape_tag(key)}="{escape_string_field(value)}"')
+        else:
+            fields.append(f"{escape_tag(key)}={float(value)!r}")
+    measurement = escape_measurement(values.kind)
+    return f"{measurement},{tag_text} {','.join(fields)} {timestamp_ns(reading.time)}"
+
+
+def status_to_line(site: str, gateway: str, status: GatewayStatus, *, received_at: datetime) -> str:
+    """A gateway's availability as a point of ``gateway_status`` (online = 1.0 or 0.0).
+
+    The last will carries no time (the broker sends it when it notices the
+    loss), so such a status is stamped with its arrival.
+    """
+    at = status.at or received_at
+    online = 1.0 if status.state == "online" else 0.0
+    return (
+        f"{STATUS_MEASUREMENT},gateway={escape_tag(gateway)},site={escape_tag(site)} "
+        f'online={online!r},state="{status.state}",reason="{status.reason}" {timestamp_ns(at)}'
+    )

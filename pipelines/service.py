@@ -1,0 +1,158 @@
+"""The ingest service: subscribe, decode, validate, batch into InfluxDB, dead-letter what is refused."""
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import aiomqtt
+from pydantic import ValidationError
+
+from collector import wire
+from pipelines.config import IngestSettings
+from pipelines.dead_letter import DeadLetterStore
+from pipelines.decode import MessageRejected, decode_readings
+from pipelines.influx_writer import InfluxError, InfluxWriter, Point
+from pipelines.line_protocol import STATUS_MEASUREMENT, status_to_line
+from pipelines.stats import IngestStats
+
+log = logging.getLogger("ecotel.ingest")
+
+
+class IngestService:
+    """One ingest worker. ``run()`` until cancelled; ``stats`` shows what it has done.
+
+    The MQTT session is persistent (fixed client id, clean_session off), so
+    the broker queues QoS 1 messages while the worker is away and delivers
+    them when it returns.
+    """
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.stats = IngestStats()
+        self.connected = asyncio.Event()
+        self._dead_letters = DeadLetterStore(settings.dead_letter.path)
+        self._writer = InfluxWriter(
+            settings.influx, settings.batch, self.stats, self._refused_by_influx
+        )
+
+    async def run(self) -> None:
+        mqtt = self.settings.mqtt
+        log.info(
+            "ingest: MQTT %s:%d topics %s -> InfluxDB %s database %s; dead letters in %s",
+            mqtt.host,
+            mqtt.port,
+            ", ".join(mqtt.topics),
+            self.settings.influx.url,
+            self.settings.influx.database,
+            self._dead_letters.path,
+        )
+        async with self._dead_letters, self._writer, asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._log_stats())
+            await self._consume()
+
+    async def wait_idle(self) -> None:
+        """Return once everything received so far is written or dead-lettered."""
+        await self._writer.wait_idle()
+
+    async def _consume(self) -> None:
+        mqtt = self.settings.mqtt
+        delay = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    mqtt.host,
+                    mqtt.port,
+                    identifier=mqtt.client_id,
+                    clean_session=False,
+                    keepalive=mqtt.keepalive_s,
+                    timeout=10,
+                ) as client:
+                    # Subscribe on every connect: a consumer that reconnects
+                    # but does not resubscribe is the commonest bug of the field.
+                    for topic in mqtt.topics:
+                        await client.subscribe(topic, qos=wire.QOS)
+                    self.connected.set()
+                    delay = 0.5
+                    log.info(
+                        "ingest connected to %s:%d as %s", mqtt.host, mqtt.port, mqtt.client_id
+                    )
+                    async for message in client.messages:
+                        await self.handle(str(message.topic), _payload_bytes(message.payload))
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                log.warning("ingest: broker link lost (%s); reconnecting in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """Process one MQTT message (public so that tests and replays can feed it directly)."""
+        self.stats.messages += 1
+        if topic.endswith("/status"):
+            await self._handle_status(topic, payload)
+            return
+        try:
+            decoded = decode_readings(
+                topic, payload, max_bytes=self.settings.mqtt.max_message_bytes
+            )
+        except MessageRejected as exc:
+            rejection = exc.rejection
+            self.stats.rejected_messages[rejection.reason] += 1
+            log.warning("rejected message on %s: %s: %s", topic, rejection.reason, rejection.detail)
+            await self._dead_letters.add_message(topic, payload, rejection.reason, rejection.detail)
+            return
+        self.stats.received += len(decoded.lines) + len(decoded.rejections)
+        if decoded.rejections:
+            for r in decoded.rejections:
+                self.stats.rejected_readings[r.reason] += 1
+            first = decoded.rejections[0]
+            log.warning(
+                "rejected %d readings of %s seq %d, first: #%s %s: %s",
+                len(decoded.rejections),
+                topic,
+                decoded.seq,
+                first.reading_index,
+                first.reason,
+                first.detail,
+            )
+            await self._dead_letters.add_many(
+                topic,
+                [(r.reason, r.detail, r.reading_index, r.reading) for r in decoded.rejections],
+            )
+        await self._writer.put(
+            [
+                Point(line, kind, topic)
+                for line, kind in zip(decoded.lines, decoded.kinds, strict=True)
+            ]
+        )
+
+    async def _handle_status(self, topic: str, payload: bytes) -> None:
+        try:
+            site, gateway, _ = wire.parse_topic(topic)
+            status = wire.GatewayStatus.model_validate_json(payload)
+        except (wire.TopicError, ValidationError) as exc:
+            self.stats.rejected_messages["bad_status"] += 1
+            await self._dead_letters.add_message(topic, payload, "bad_status", str(exc))
+            return
+        self.stats.status_updates += 1
+        line = status_to_line(site, gateway, status, received_at=datetime.now(UTC))
+        await self._writer.put([Point(line, STATUS_MEASUREMENT, topic, reading=False)])
+
+    async def _refused_by_influx(self, points: list[Point], error: InfluxError) -> None:
+        self.stats.rejected_readings["influx_refused"] += len(points)
+        for point in points:
+            await self._dead_letters.add_many(
+                point.topic, [("influx_refused", str(error), None, point.line)]
+            )
+
+    async def _log_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval_s)
+            log.info("ingest: %s pending=%d", self.stats.summary(), self._writer.pending)
+
+
+def _payload_bytes(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return str(payload).encode()
