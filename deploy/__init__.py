@@ -1,0 +1,1 @@
+"""Deployment helpers: local Mosquitto and InfluxDB processes and the machine bootstrap."""

@@ -1,0 +1,250 @@
+"""The local stack: Mosquitto, InfluxDB, the ingest and one simulated gateway per domain, in one command.
+
+deploy/ is the composition root: it wires the parts of the data flow
+together and so may import each of them, the dashboards included.
+"""
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from collector.config import DeviceSettings, GatewaySettings, load_gateway_config
+from collector.gateway import Gateway
+from dashboards.provisioning import write_provisioning
+from deploy.servers import InfluxServer, MosquittoServer, require_binaries
+from devices import KINDS, Domain
+from pipelines.config import (
+    BatchSettings,
+    DeadLetterSettings,
+    IngestSettings,
+    InfluxSettings,
+    MqttSettings,
+)
+from pipelines.influx_query import influx_query
+from pipelines.service import IngestService
+
+log = logging.getLogger("ecotel.stack")
+
+DATABASE = "ecotel"
+GATEWAY_SAMPLES = ("ecology.toml", "highway.toml", "datacenter.toml")
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    data_dir: Path
+    duration_s: float | None = None
+    fresh: bool = False
+    interval_s: float | None = None
+    """Poll every simulated device at this interval instead of its configured one."""
+    scale: int = 1
+    """Copies of each simulated device per gateway (for load measurements)."""
+    progress_every_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class StackReport:
+    """What a run did: elapsed time, readings per domain, what InfluxDB holds afterwards."""
+
+    elapsed_s: float
+    published: int
+    written_by_domain: dict[str, int]
+    rejected: int
+    stored_by_measurement: dict[str, int]
+    influx_url: str
+    mqtt_port: int
+
+    @property
+    def written(self) -> int:
+        return sum(self.written_by_domain.values())
+
+
+def sample_gateways(options: StackOptions, mqtt_port: int) -> list[GatewaySettings]:
+    """The shipped sample gateway configs, pointed at this stack's broker and data dir."""
+    gateways = []
+    folder = resources.files("deploy") / "gateway"
+    for name in GATEWAY_SAMPLES:
+        with resources.as_file(folder / name) as path:
+            settings = load_gateway_config(path)
+        devices: list[DeviceSettings] = []
+        for copy in range(options.scale):
+            for device in settings.devices:
+                update: dict[str, object] = {}
+                if options.scale > 1:
+                    update["id"] = f"{device.id}-{copy:03d}"
+                    update["source"] = device.source.model_copy(
+                        update={"seed": device.source.seed + 1000 * copy}
+                    )
+                if options.interval_s is not None:
+                    update["interval_s"] = options.interval_s
+                devices.append(device.model_copy(update=update))
+        gateways.append(
+            settings.model_copy(
+                update={
+                    "gateway": settings.gateway.model_copy(
+                        update={"state_dir": options.data_dir / "gateways"}
+                    ),
+                    "broker": settings.broker.model_copy(
+                        update={"host": "127.0.0.1", "port": mqtt_port}
+                    ),
+                    "devices": devices,
+                }
+            )
+        )
+    return gateways
+
+
+async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
+    """Run everything until ``stop`` is set or the duration has passed; then shut down cleanly."""
+    require_binaries()
+    data = options.data_dir.absolute()
+    if options.fresh and data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
+    print(f"ecotel stack: data under {data}")
+    async with (
+        MosquittoServer(data / "mosquitto") as broker,
+        InfluxServer(data / "influxdb") as influx,
+    ):
+        print(f"  Mosquitto  {broker.url}   (log {broker.log_path})")
+        print(f"  InfluxDB   {influx.url}   database {DATABASE}   (log {influx.log_path})")
+        written = write_provisioning(data / "grafana", influx_url=influx.url, database=DATABASE)
+        print(f"  dashboards {len(written)} Grafana provisioning files under {data / 'grafana'}")
+        ingest = IngestService(
+            IngestSettings(
+                mqtt=MqttSettings(port=broker.port, client_id="ecotel-ingest-stack"),
+                influx=InfluxSettings(url=influx.url, database=DATABASE),
+                batch=BatchSettings(max_delay_s=0.5),
+                dead_letter=DeadLetterSettings(path=data / "ingest" / "dead-letters.sqlite3"),
+                stats_interval_s=60,
+            )
+        )
+        gateways = [Gateway(s) for s in sample_gateways(options, broker.port)]
+        for gw in gateways:
+            ident = gw.settings.gateway
+            print(f"  gateway    {ident.id} at {ident.site}: {len(gw.settings.devices)} devices")
+        print(f"  watch the traffic: mosquitto_sub -p {broker.port} -t 'ecotel/v1/#' -v")
+        print("Ctrl-C stops" + (f"; stopping after {options.duration_s:g} s" if options.duration_s else ""))
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as tasks:
+            ingest_task = tasks.create_task(ingest.run())
+            await asyncio.wait_for(ingest.connected.wait(), 30)
+            gateway_tasks = [tasks.create_task(gw.run()) for gw in gateways]
+            progress = tasks.create_task(_progress(ingest, gateways, started, options))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), options.duration_s)
+            print("stopping: gateways flush what they hold, the ingest writes what it has ...")
+            for gw in gateways:
+                gw.stop()
+            await asyncio.gather(*gateway_tasks)
+            await _settle(ingest, sum(gw.stats.published for gw in gateways))
+            progress.cancel()
+            ingest_task.cancel()
+        elapsed = time.monotonic() - started
+        stored = await _stored_counts(influx.url)
+        report = StackReport(
+            elapsed_s=elapsed,
+            published=sum(gw.stats.published for gw in gateways),
+            written_by_domain=_by_domain(ingest.stats.written_by_kind),
+            rejected=ingest.stats.rejected,
+            stored_by_measurement=stored,
+            influx_url=influx.url,
+            mqtt_port=broker.port,
+        )
+    _print_report(report, data)
+    return report
+
+
+async def _settle(ingest: IngestService, published: int, timeout_s: float = 30.0) -> None:
+    """Wait until the ingest has taken every published reading and written it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ingest.stats.received >= published:
+            await asyncio.wait_for(ingest.wait_idle(), max(deadline - time.monotonic(), 0.1))
+            return
+        await asyncio.sleep(0.1)
+    log.warning("ingest received %d of %d published readings before the stop timeout",
+                ingest.stats.received, published)
+
+
+def _by_domain(by_kind: Counter[str]) -> dict[str, int]:
+    out = {d.value: 0 for d in Domain}
+    for kind, count in by_kind.items():
+        if kind in KINDS:
+            out[KINDS[kind].domain.value] += count
+    return out
+
+
+async def _progress(
+    ingest: IngestService, gateways: list[Gateway], started: float, options: StackOptions
+) -> None:
+    previous = _by_domain(ingest.stats.written_by_kind)
+    last = time.monotonic()
+    while True:
+        await asyncio.sleep(options.progress_every_s)
+        now = time.monotonic()
+        current = _by_domain(ingest.stats.written_by_kind)
+        rates = "  ".join(
+            f"{domain} {(current[domain] - previous[domain]) / (now - last):7.1f}/s"
+            for domain in current
+        )
+        pending = sum(gw.pending for gw in gateways)
+        print(
+            f"[{now - started:6.0f} s] stored/s: {rates}   stored {ingest.stats.written:,}"
+            f"   rejected {ingest.stats.rejected}   in flight {pending}",
+            flush=True,
+        )
+        previous, last = current, now
+
+
+async def _stored_counts(influx_url: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for kind in [*KINDS, "gateway_status"]:
+        series = await influx_query(
+            influx_url, f'SELECT count(*) FROM "{kind}"', database=DATABASE
+        )
+        # count(*) gives one column per field; the largest is the point count.
+        counts[kind] = max(
+            (max(int(v) for v in row[1:] if v is not None) for s in series for row in s.values),
+            default=0,
+        )
+    return counts
+
+
+def _print_report(report: StackReport, data: Path) -> None:
+    rate = report.written / report.elapsed_s if report.elapsed_s else 0.0
+    print(
+        f"\nstopped after {report.elapsed_s:.0f} s: {report.published:,} readings published, "
+        f"{report.written:,} stored ({rate:,.1f}/s), {report.rejected} rejected"
+    )
+    print("stored in InfluxDB now (all runs in this data dir):")
+    for name, count in report.stored_by_measurement.items():
+        domain = KINDS[name].domain.value if name in KINDS else "fleet"
+        print(f"  {name:<18} {domain:<11} {count:>10,} points")
+    print(
+        "\nlook at the data:\n"
+        f"  ecotel-stack query --data-dir {data} 'SELECT * FROM water_quality ORDER BY time DESC LIMIT 5'\n"
+        f"  Grafana: mount {data / 'grafana' / 'provisioning'} as /etc/grafana/provisioning "
+        f"and {data / 'grafana' / 'dashboards'} as the dashboards folder (see deploy/grafana/README.md)\n"
+        f"  dead letters: ecotel-ingest dead-letters list (with ECOTEL_INGEST_DEAD_LETTER__PATH="
+        f"{data / 'ingest' / 'dead-letters.sqlite3'})"
+    )
+
+
+async def query_stack(data_dir: Path, query: str) -> list[str]:
+    """Start InfluxDB on a stopped stack's data dir, run one InfluxQL query, format the result."""
+    require_binaries()
+    lines: list[str] = []
+    async with InfluxServer(data_dir.absolute() / "influxdb") as influx:
+        for series in await influx_query(influx.url, query, database=DATABASE):
+            tags = " ".join(f"{k}={v}" for k, v in series.tags.items())
+            lines.append(f"{series.name} {tags}".rstrip())
+            lines.append("  " + "\t".join(series.columns))
+            lines += ["  " + "\t".join("" if v is None else str(v) for v in row)
+                      for row in series.values]
+    return lines

@@ -1,0 +1,53 @@
+"""Run InfluxQL through the v1 ``/query`` endpoint and return the series, with the server's errors."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pipelines.influx_writer import InfluxError
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of a query result: its name, tags, column names and rows."""
+
+    name: str
+    tags: dict[str, str]
+    columns: list[str]
+    values: list[list[Any]]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows as column-name dictionaries."""
+        return [dict(zip(self.columns, row, strict=True)) for row in self.values]
+
+
+async def influx_query(
+    url: str, query: str, *, database: str | None = None, epoch: str | None = None
+) -> list[Series]:
+    """Run ``query``; InfluxError if the server or any statement reports an error."""
+    params = {"q": query}
+    if database is not None:
+        params["db"] = database
+    if epoch is not None:
+        params["epoch"] = epoch
+    async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
+        # POST, because InfluxDB 1.x refuses CREATE/DROP over GET.
+        response = await http.post("/query", data=params)
+    if response.status_code != 200:
+        raise InfluxError(response.status_code, response.text)
+    body = response.json()
+    series: list[Series] = []
+    for result in body.get("results", []):
+        if "error" in result:
+            raise InfluxError(response.status_code, str(result["error"]))
+        for item in result.get("series", []):
+            series.append(
+                Series(
+                    name=str(item.get("name", "")),
+                    tags={str(k): str(v) for k, v in (item.get("tags") or {}).items()},
+                    columns=[str(c) for c in item["columns"]],
+                    values=item["values"],
+                )
+            )
+    return series
