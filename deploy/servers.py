@@ -48,8 +48,9 @@ def find_binary(name: str) -> Path:
         candidate = Path(directory) / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
-    raise MissingBinaryError(f"{name} is not installed (not on PATH nor in /usr/sbin); "
-                             f"{BOOTSTRAP_HINT}")
+    raise MissingBinaryError(
+        f"{name} is not installed (not on PATH nor in /usr/sbin); {BOOTSTRAP_HINT}"
+    )
 
 
 def require_binaries() -> dict[str, Path]:
@@ -172,7 +173,7 @@ class _ManagedServer:
         """Start the process (no-op if running) and return once it serves requests."""
         if self.running:
             return
-        binary = find_binary(self.binary)
+        binary = await asyncio.to_thread(find_binary, self.binary)
         # Auto-chosen ports can be taken between find_free_port() and bind(); the first start
         # may pick others, but a restart must keep the address clients already know.
         attempts = 1 if self._started_once else 3
@@ -180,8 +181,11 @@ class _ManagedServer:
             try:
                 await self._start_once(binary)
             except ServerStartError as exc:
-                if (attempt < attempts and "address already in use" in str(exc).lower()
-                        and self._reroll_ports()):
+                if (
+                    attempt < attempts
+                    and "address already in use" in str(exc).lower()
+                    and self._reroll_ports()
+                ):
                     continue
                 raise
             break
@@ -227,8 +231,7 @@ class _ManagedServer:
     async def _failure(self, reason: str) -> ServerStartError:
         tail = await asyncio.to_thread(self._log_tail)
         return ServerStartError(
-            f"{self.binary} on {HOST}:{self._port} {reason}; "
-            f"last lines of {self.log_path}:\n{tail}"
+            f"{self.binary} on {HOST}:{self._port} {reason}; last lines of {self.log_path}:\n{tail}"
         )
 
     def _log_tail(self) -> str:
@@ -431,7 +434,7 @@ bind-address = {_toml_str(f"{HOST}:{self._rpc_port}")}
 
     async def _wait_ready(self) -> None:
         # trust_env=False: a proxy from the environment must never see loopback traffic.
-        async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
+        async with httpx.AsyncClient(trust_env=False, timeout=1.0) as client:
 
             async def ping() -> bool:
                 try:

@@ -14,16 +14,17 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from dashboards.provisioning import write_provisioning
+
 from collector.config import DeviceSettings, GatewaySettings, load_gateway_config
 from collector.gateway import Gateway
-from dashboards.provisioning import write_provisioning
 from deploy.servers import InfluxServer, MosquittoServer, require_binaries
 from devices import KINDS, Domain
 from pipelines.config import (
     BatchSettings,
     DeadLetterSettings,
-    IngestSettings,
     InfluxSettings,
+    IngestSettings,
     MqttSettings,
 )
 from pipelines.influx_query import influx_query
@@ -102,10 +103,7 @@ def sample_gateways(options: StackOptions, mqtt_port: int) -> list[GatewaySettin
 async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
     """Run everything until ``stop`` is set or the duration has passed; then shut down cleanly."""
     require_binaries()
-    data = options.data_dir.absolute()
-    if options.fresh and data.exists():
-        shutil.rmtree(data)
-    data.mkdir(parents=True, exist_ok=True)
+    data = await asyncio.to_thread(_prepare_data_dir, options)
     print(f"ecotel stack: data under {data}")
     async with (
         MosquittoServer(data / "mosquitto") as broker,
@@ -129,7 +127,10 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
             ident = gw.settings.gateway
             print(f"  gateway    {ident.id} at {ident.site}: {len(gw.settings.devices)} devices")
         print(f"  watch the traffic: mosquitto_sub -p {broker.port} -t 'ecotel/v1/#' -v")
-        print("Ctrl-C stops" + (f"; stopping after {options.duration_s:g} s" if options.duration_s else ""))
+        print(
+            "Ctrl-C stops"
+            + (f"; stopping after {options.duration_s:g} s" if options.duration_s else "")
+        )
         started = time.monotonic()
         async with asyncio.TaskGroup() as tasks:
             ingest_task = tasks.create_task(ingest.run())
@@ -160,6 +161,14 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
     return report
 
 
+def _prepare_data_dir(options: StackOptions) -> Path:
+    data = options.data_dir.absolute()
+    if options.fresh and data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
+    return data
+
+
 async def _settle(ingest: IngestService, published: int, timeout_s: float = 30.0) -> None:
     """Wait until the ingest has taken every published reading and written it."""
     deadline = time.monotonic() + timeout_s
@@ -168,8 +177,11 @@ async def _settle(ingest: IngestService, published: int, timeout_s: float = 30.0
             await asyncio.wait_for(ingest.wait_idle(), max(deadline - time.monotonic(), 0.1))
             return
         await asyncio.sleep(0.1)
-    log.warning("ingest received %d of %d published readings before the stop timeout",
-                ingest.stats.received, published)
+    log.warning(
+        "ingest received %d of %d published readings before the stop timeout",
+        ingest.stats.received,
+        published,
+    )
 
 
 def _by_domain(by_kind: Counter[str]) -> dict[str, int]:
@@ -205,9 +217,7 @@ async def _progress(
 async def _stored_counts(influx_url: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for kind in [*KINDS, "gateway_status"]:
-        series = await influx_query(
-            influx_url, f'SELECT count(*) FROM "{kind}"', database=DATABASE
-        )
+        series = await influx_query(influx_url, f'SELECT count(*) FROM "{kind}"', database=DATABASE)
         # count(*) gives one column per field; the largest is the point count.
         counts[kind] = max(
             (max(int(v) for v in row[1:] if v is not None) for s in series for row in s.values),
@@ -240,11 +250,12 @@ async def query_stack(data_dir: Path, query: str) -> list[str]:
     """Start InfluxDB on a stopped stack's data dir, run one InfluxQL query, format the result."""
     require_binaries()
     lines: list[str] = []
-    async with InfluxServer(data_dir.absolute() / "influxdb") as influx:
+    async with InfluxServer(data_dir / "influxdb") as influx:
         for series in await influx_query(influx.url, query, database=DATABASE):
             tags = " ".join(f"{k}={v}" for k, v in series.tags.items())
             lines.append(f"{series.name} {tags}".rstrip())
             lines.append("  " + "\t".join(series.columns))
-            lines += ["  " + "\t".join("" if v is None else str(v) for v in row)
-                      for row in series.values]
+            lines += [
+                "  " + "\t".join("" if v is None else str(v) for v in row) for row in series.values
+            ]
     return lines

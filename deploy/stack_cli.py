@@ -23,15 +23,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the stack (the default command)")
     _data_dir(run)
-    run.add_argument("--duration", type=float, metavar="SECONDS",
-                     help="stop after this long (default: run until Ctrl-C)")
+    run.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long (default: run until Ctrl-C)",
+    )
     run.add_argument("--fresh", action="store_true", help="delete the data dir first")
-    run.add_argument("--interval", type=float, metavar="SECONDS",
-                     help="poll every simulated device at this interval (default: as configured, 10-30 s)")
-    run.add_argument("--scale", type=int, default=1, metavar="N",
-                     help="N copies of every simulated device, for load tests (default 1)")
-    run.add_argument("--log-level", default="WARNING",
-                     help="log level of the components (default WARNING; progress is always shown)")
+    run.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="poll every simulated device at this interval (default: as configured, 10-30 s)",
+    )
+    run.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N copies of every simulated device, for load tests (default 1)",
+    )
+    run.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="log level of the components (default WARNING; progress is always shown)",
+    )
     query = sub.add_parser("query", help="run an InfluxQL query on a stopped stack's data")
     _data_dir(query)
     query.add_argument("influxql", help="e.g. 'SELECT * FROM weather ORDER BY time DESC LIMIT 5'")
@@ -39,13 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=Path("ecotel-data"),
-                        help="where servers, ingest and gateways keep their data (default ./ecotel-data)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("ecotel-data"),
+        help="where servers, ingest and gateways keep their data (default ./ecotel-data)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
     try:
@@ -53,10 +73,16 @@ def main(argv: list[str] | None = None) -> int:
             for line in asyncio.run(query_stack(args.data_dir, args.influxql)):
                 print(line)
             return 0
-        logging.basicConfig(level=args.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        options = StackOptions(data_dir=args.data_dir, duration_s=args.duration, fresh=args.fresh,
-                               interval_s=args.interval, scale=args.scale)
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        options = StackOptions(
+            data_dir=args.data_dir,
+            duration_s=args.duration,
+            fresh=args.fresh,
+            interval_s=args.interval,
+            scale=args.scale,
+        )
         asyncio.run(_run(options))
         return 0
     except (ServerStartError, ConfigError, InfluxError) as exc:

@@ -71,7 +71,9 @@ class InfluxWriter:
             else None
         )
         self._http = httpx.AsyncClient(
-            base_url=self._influx.url, timeout=self._influx.timeout_s, auth=auth,
+            base_url=self._influx.url,
+            timeout=self._influx.timeout_s,
+            auth=auth,
             # Proxy variables meant for the outside world must not divert database writes.
             trust_env=False,
         )

@@ -30,8 +30,12 @@ def test_every_quantity_has_a_unit_and_numeric_ones_a_range() -> None:
 
 def _weather(**overrides: object) -> dict[str, object]:
     values: dict[str, object] = {
-        "air_temperature": -12.5, "relative_humidity": 40.0, "air_pressure": 590.0,
-        "wind_speed": 4.0, "wind_direction": 270.0, "precipitation": 0.0,
+        "air_temperature": -12.5,
+        "relative_humidity": 40.0,
+        "air_pressure": 590.0,
+        "wind_speed": 4.0,
+        "wind_direction": 270.0,
+        "precipitation": 0.0,
         "solar_radiation": 800.0,
     }
     values.update(overrides)
@@ -46,7 +50,10 @@ def test_range_limits_are_inclusive(value: float) -> None:
 @pytest.mark.parametrize(
     ("values", "fragment"),
     [
-        (_weather(air_temperature=-60.01), "air_temperature: Input should be greater than or equal to -60"),
+        (
+            _weather(air_temperature=-60.01),
+            "air_temperature: Input should be greater than or equal to -60",
+        ),
         (_weather(air_pressure=1100.5), "air_pressure: Input should be less than or equal to 1100"),
         (_weather(wind_speed="4"), "wind_speed: Input should be a valid number"),
         (_weather(wind_speed=True), "wind_speed: Input should be a valid number"),
@@ -83,12 +90,16 @@ def test_lane_volume_beyond_capacity_is_refused() -> None:
         check_values("traffic_detector", "1", {**ok, "volume": 100.0})
 
 
-@pytest.mark.parametrize("name", ["沱沱河", "沱沱河 水文站", "a", "G109 K3012", "x,y=z", 'say "hi"', "x$"])
+@pytest.mark.parametrize(
+    "name", ["沱沱河", "沱沱河 水文站", "a", "G109 K3012", "x,y=z", 'say "hi"', "x$"]
+)
 def test_identifiers_accept_any_text_that_topics_and_tags_can_carry(name: str) -> None:
     assert identifier.validate_python(name) == name
 
 
-@pytest.mark.parametrize("name", ["", " lead", "trail ", "a/b", "a+b", "a#b", "$SYS", "a\\b", "a\nb", "x" * 65])
+@pytest.mark.parametrize(
+    "name", ["", " lead", "trail ", "a/b", "a+b", "a#b", "$SYS", "a\\b", "a\nb", "x" * 65]
+)
 def test_identifiers_refuse_what_would_break_a_topic_or_a_line(name: str) -> None:
     with pytest.raises(ValidationError):
         identifier.validate_python(name)
@@ -100,7 +111,8 @@ def test_identifier_rule_is_exactly_the_documented_one(name: str) -> None:
     expected = (
         not forbidden.search(name)
         and not name.startswith("$")
-        and name[0] != " " and name[-1] != " "
+        and name[0] != " "
+        and name[-1] != " "
     )
     try:
         identifier.validate_python(name)

@@ -20,12 +20,16 @@ RACK = {"inlet_temperature": 23.5, "relative_humidity": 41.0}
 
 def _line(site: str, gateway: str, device: str, rack: str, at: datetime = T0) -> str:
     reading = Reading(device=device, kind="rack_environment", channel=rack, time=at, values=RACK)
-    return to_line(site, gateway, reading, check_values(reading.kind, reading.channel, reading.values))
+    return to_line(
+        site, gateway, reading, check_values(reading.kind, reading.channel, reading.values)
+    )
 
 
 async def _write(url: str, db: str, body: str) -> None:
     async with httpx.AsyncClient(base_url=url, trust_env=False) as http:
-        response = await http.post("/write", params={"db": db, "precision": "ns"}, content=body.encode())
+        response = await http.post(
+            "/write", params={"db": db, "precision": "ns"}, content=body.encode()
+        )
     assert response.status_code == 204, response.text
 
 
@@ -45,8 +49,13 @@ def test_timestamps_are_exact_to_the_microsecond() -> None:
 
 def test_string_fields_escape_quotes_and_backslashes() -> None:
     values = {
-        "surface_temperature": -1.0, "surface_state": "ice", "water_film": 0.2,
-        "visibility": 150.0, "air_temperature": -2.0, "relative_humidity": 95.0, "wind_speed": 3.0,
+        "surface_temperature": -1.0,
+        "surface_state": "ice",
+        "water_film": 0.2,
+        "visibility": 150.0,
+        "air_temperature": -2.0,
+        "relative_humidity": 95.0,
+        "wind_speed": 3.0,
     }
     reading = Reading(device="rws", kind="road_weather", time=T0, values=values)
     line = to_line("s", "g", reading, check_values("road_weather", None, values))
@@ -54,7 +63,9 @@ def test_string_fields_escape_quotes_and_backslashes() -> None:
     assert "wind_direction" not in line, "absent optional quantities are not written"
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(site=names, gateway=names, device=names, rack=names)
 async def test_any_names_round_trip_through_a_real_influxdb(
     influxdb, influx_db, site: str, gateway: str, device: str, rack: str
@@ -69,7 +80,9 @@ async def test_any_names_round_trip_through_a_real_influxdb(
     assert (site, gateway, device, rack) in stored
 
 
-async def test_a_retried_reading_is_one_point_and_distinct_readings_are_not(influxdb, influx_db) -> None:
+async def test_a_retried_reading_is_one_point_and_distinct_readings_are_not(
+    influxdb, influx_db
+) -> None:
     base = ("site A", "gw", "dev", "A01")
     lines = [
         _line(*base),

@@ -184,7 +184,10 @@ async def test_influx_effective_config_disables_reporting(influxdb: InfluxServer
     assert "reporting-disabled = true" in written
     assert "reporting-enabled = false" in written
     proc = await asyncio.create_subprocess_exec(
-        str(find_binary("influxd")), "config", "-config", str(influxdb.config_path),
+        str(find_binary("influxd")),
+        "config",
+        "-config",
+        str(influxdb.config_path),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -213,3 +216,17 @@ def test_find_free_port_is_bindable_on_loopback() -> None:
     port = find_free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+async def test_first_start_moves_off_a_taken_auto_port(tmp_path: Path) -> None:
+    server = InfluxServer(tmp_path)
+    taken = server.port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        async with server:
+            assert server.port != taken
+            assert "address already in use" in server.log_path.read_text()
+            async with httpx.AsyncClient(trust_env=False) as client:
+                response = await client.get(f"{server.url}/ping")
+            assert response.status_code == 204
