@@ -3,11 +3,20 @@
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
 from collector.settings_loader import FileSettings, load_settings
 from devices import KINDS, Identifier
+from devices.simulators import make_simulator
 
 
 class _Section(BaseModel):
@@ -59,6 +68,26 @@ class DeviceSettings(_Section):
         if value not in KINDS:
             raise ValueError(f"unknown device kind {value!r}; known: {', '.join(KINDS)}")
         return value
+
+    @model_validator(mode="after")
+    def _simulator_accepts_options(self) -> Self:
+        # Build the simulator once now, so a bad option fails at start with
+        # the device's key in the message, not at the first poll.
+        try:
+            make_simulator(
+                self.kind,
+                self.id,
+                seed=self.source.seed,
+                interval_s=self.interval_s,
+                options=self.source.options,
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"source.options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise ValueError(problems) from None
+        return self
 
 
 class GatewaySettings(FileSettings):

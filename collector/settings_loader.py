@@ -56,9 +56,10 @@ def describe_errors(cls: type[BaseSettings], exc: ValidationError, source: str) 
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"])
-        env_parts = [str(p) for p in err["loc"] if not isinstance(p, int)]
-        env = (prefix + delimiter.join(env_parts)).upper()
+        env = (prefix + delimiter.join(str(p) for p in err["loc"])).upper()
         got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
-        hint = f" [key {key}" + (f", or environment {env}]" if prefix else "]")
+        # Keys inside a list (devices.0...) cannot be set from the environment.
+        in_list = any(isinstance(p, int) for p in err["loc"])
+        hint = f" [key {key}" + (f", or environment {env}]" if prefix and not in_list else "]")
         lines.append(f"  {key}: {err['msg']}{got}{hint}")
     return "\n".join(lines)

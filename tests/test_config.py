@@ -60,6 +60,11 @@ def test_shipped_ingest_sample_loads() -> None:
             "interval_s = 0",
             "devices.0.interval_s: Input should be greater than or equal to 0.05",
         ),
+        (
+            "seed = 1 }",
+            "seed = 1, options = { altitude = 4000 } }",
+            "devices.0: Value error, source.options.altitude: Extra inputs",
+        ),
     ],
 )
 def test_gateway_config_errors_name_file_and_key(

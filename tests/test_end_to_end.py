@@ -103,7 +103,8 @@ def _gateway_settings(domain: Domain, port: int, state_dir: Path) -> GatewaySett
         {
             "id": f"{kind.kind} 1",
             "kind": kind.kind,
-            "interval_s": INTERVAL_S,
+            # A traffic count covers at least a second (the catalog's interval_s range).
+            "interval_s": 1.0 if kind.kind == "traffic_detector" else INTERVAL_S,
             "source": {"type": "simulator", "seed": seed},
         }
         for seed, kind in enumerate(kinds_in(domain))

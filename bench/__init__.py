@@ -1,0 +1,1 @@
+"""On-demand benchmarks (``make bench``); never part of the test suite. Results: docs/performance.md."""
