@@ -2,7 +2,9 @@
 
 from datetime import UTC, datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, JsonValue, field_validator
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
 from devices.identifiers import Identifier
 
@@ -16,7 +18,9 @@ class Reading(BaseModel):
     kind: str
     time: AwareDatetime
     channel: Identifier | None = None
-    values: dict[str, JsonValue]
+    # Any, not JsonValue: the kind's strict model checks every value next, and
+    # validating them twice cost ~1.4 us of the ingest's ~10 us per reading.
+    values: dict[str, Any]
 
     @field_validator("time")
     @classmethod
