@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ class Gateway:
         self._stop = asyncio.Event()
         self._sequence = SequenceStore(ident.state_dir / f"{ident.id}.seq")
         self._inflight: wire.ReadingsMessage | None = None
+        self._last_drop_log = -math.inf
 
     def stop(self) -> None:
         """Ask the gateway to stop polling, flush what it holds and go offline."""

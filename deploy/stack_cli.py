@@ -96,3 +96,7 @@ async def _run(options: StackOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await run_stack(options, stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The main job as a user runs it: ``ecotel-stack`` for a few seconds, then ``ecotel-stack query``."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devices import KINDS, Domain
+
+STACK = [sys.executable, "-m", "deploy.stack_cli"]
+
+
+@pytest.fixture(scope="module")
+def stack_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    data = tmp_path_factory.mktemp("stack") / "data"
+    done = subprocess.run(
+        [*STACK, "run", "--data-dir", str(data), "--duration", "6", "--interval", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return data, done.stdout
+
+
+def test_stack_shows_progress_per_domain_and_a_final_count(stack_output: tuple[Path, str]) -> None:
+    data, out = stack_output
+    assert f"data under {data}" in out
+    progress = [line for line in out.splitlines() if "stored/s:" in line]
+    assert progress, out
+    for domain in Domain:
+        assert f"{domain.value} " in progress[-1]
+    assert "0 rejected" in out
+    for kind in KINDS:
+        match = re.search(rf"^  {kind}\s+\w+\s+([\d,]+) points$", out, re.MULTILINE)
+        assert match, f"no stored count for {kind} in:\n{out}"
+        assert int(match.group(1).replace(",", "")) > 0, kind
+    assert "ecotel-stack query" in out
+
+
+def test_dashboards_are_written_for_grafana(stack_output: tuple[Path, str]) -> None:
+    data, _ = stack_output
+    names = {p.name for p in (data / "grafana" / "dashboards").glob("*.json")}
+    assert {f"ecotel-{d.value}.json" for d in Domain} <= names
+    assert list((data / "grafana" / "provisioning" / "datasources").glob("*.yaml"))
+
+
+def test_query_reads_a_stopped_stacks_data(stack_output: tuple[Path, str]) -> None:
+    data, _ = stack_output
+    done = subprocess.run(
+        [*STACK, "query", "--data-dir", str(data), "SELECT count(ph) FROM water_quality"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    count = int(done.stdout.strip().splitlines()[-1].split("\t")[-1])
+    assert count > 0
+
+
+def test_help_answers() -> None:
+    done = subprocess.run([*STACK, "run", "--help"], capture_output=True, text=True, check=True)
+    for option in ("--duration", "--data-dir", "--fresh", "--interval", "--scale"):
+        assert option in done.stdout
