@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,7 +82,8 @@ class Gateway:
             publisher = tasks.create_task(self._publish_until_stopped())
             await self._stop.wait()
             try:
-                await asyncio.wait_for(asyncio.shield(publisher), drain_timeout_s)
+                async with asyncio.timeout(drain_timeout_s):
+                    await asyncio.shield(publisher)
             except TimeoutError:
                 publisher.cancel()
                 if self.pending:
@@ -98,10 +98,11 @@ class Gateway:
         start = loop.time()
         tick = 0
         while not self._stop.is_set():
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow
+            # a cancellation that races its timeout, leaving the task unkillable.
             try:
-                readings = await asyncio.wait_for(
-                    source.read(datetime.now(UTC)), timeout=device.interval_s
-                )
+                async with asyncio.timeout(device.interval_s):
+                    readings = await source.read(datetime.now(UTC))
             except Exception as exc:
                 self.stats.device_errors[device.id] += 1
                 log.warning("device %s: read failed: %r", device.id, exc)
@@ -112,7 +113,8 @@ class Gateway:
             tick = max(tick + 1, math.ceil((loop.time() - start) / device.interval_s))
             delay = start + tick * device.interval_s - loop.time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=max(delay, 0))
+                async with asyncio.timeout(max(delay, 0)):
+                    await self._stop.wait()
 
     def _accept(self, readings: list[Reading]) -> None:
         self.stats.polled += len(readings)

@@ -75,15 +75,16 @@ def sample_gateways(options: StackOptions, mqtt_port: int) -> list[GatewaySettin
         devices: list[DeviceSettings] = []
         for copy in range(options.scale):
             for device in settings.devices:
-                update: dict[str, object] = {}
+                raw = device.model_dump()
                 if options.scale > 1:
-                    update["id"] = f"{device.id}-{copy:03d}"
-                    update["source"] = device.source.model_copy(
-                        update={"seed": device.source.seed + 1000 * copy}
-                    )
+                    raw["id"] = f"{device.id}-{copy:03d}"
+                    raw["source"]["seed"] = device.source.seed + 1000 * copy
                 if options.interval_s is not None:
-                    update["interval_s"] = options.interval_s
-                devices.append(device.model_copy(update=update))
+                    # A traffic count covers at least one second (the catalog's interval_s).
+                    floor = 1.0 if device.kind == "traffic_detector" else 0.0
+                    raw["interval_s"] = max(options.interval_s, floor)
+                # Validated again, so an override the device cannot take fails here, named.
+                devices.append(DeviceSettings.model_validate(raw))
         gateways.append(
             settings.model_copy(
                 update={
@@ -134,11 +135,13 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
         started = time.monotonic()
         async with asyncio.TaskGroup() as tasks:
             ingest_task = tasks.create_task(ingest.run())
-            await asyncio.wait_for(ingest.connected.wait(), 30)
+            async with asyncio.timeout(30):
+                await ingest.connected.wait()
             gateway_tasks = [tasks.create_task(gw.run()) for gw in gateways]
             progress = tasks.create_task(_progress(ingest, gateways, started, options))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), options.duration_s)
+                async with asyncio.timeout(options.duration_s):
+                    await stop.wait()
             print("stopping: gateways flush what they hold, the ingest writes what it has ...")
             for gw in gateways:
                 gw.stop()
@@ -174,7 +177,8 @@ async def _settle(ingest: IngestService, published: int, timeout_s: float = 30.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ingest.stats.received >= published:
-            await asyncio.wait_for(ingest.wait_idle(), max(deadline - time.monotonic(), 0.1))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                await ingest.wait_idle()
             return
         await asyncio.sleep(0.1)
     log.warning(

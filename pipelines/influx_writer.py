@@ -123,7 +123,9 @@ class InfluxWriter:
                 if remaining <= 0:
                     break
                 try:
-                    batch.extend(await asyncio.wait_for(self._queue.get(), remaining))
+                    # asyncio.timeout: 3.11's wait_for can lose a cancellation.
+                    async with asyncio.timeout(remaining):
+                        batch.extend(await self._queue.get())
                 except TimeoutError:
                     break
             await self._write(batch)
