@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,12 +125,17 @@ class Gateway:
             for _ in range(min(overflow, len(self._buffer))):
                 self._buffer.popleft()
             self.stats.dropped += overflow
-            log.error(
-                "gateway %s: buffer full, dropped the %d oldest readings (%d dropped so far)",
-                self.settings.gateway.id,
-                overflow,
-                self.stats.dropped,
-            )
+            now = time.monotonic()
+            if now - self._last_drop_log >= 10.0:
+                # Once per 10 s at most: a full buffer drops on every poll.
+                self._last_drop_log = now
+                log.error(
+                    "gateway %s: buffer of %d readings full, dropping the oldest "
+                    "(%d dropped so far)",
+                    self.settings.gateway.id,
+                    self.settings.gateway.buffer_max_readings,
+                    self.stats.dropped,
+                )
         self._wakeup.set()
 
     async def _publish_until_stopped(self) -> None:

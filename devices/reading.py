@@ -1,7 +1,6 @@
 """One reading as a device reports it: which device, which kind, when (UTC) and the values."""
 
 from datetime import UTC, datetime
-
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
