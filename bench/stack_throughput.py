@@ -16,7 +16,8 @@ async def _run(options: StackOptions) -> dict[str, float]:
         "stored_in_influxdb": stored,
         "elapsed_s": report.elapsed_s,
         "stored_per_s": report.written / report.elapsed_s,
-        "lost": report.published - stored,
+        "lost_after_publish": report.published - stored,
+        "dropped_by_gateway_buffers": report.dropped,
     }
 
 

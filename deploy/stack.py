@@ -54,6 +54,8 @@ class StackReport:
 
     elapsed_s: float
     published: int
+    dropped: int
+    """Readings the gateways' full buffers dropped before publishing (counted, logged)."""
     written_by_domain: dict[str, int]
     rejected: int
     stored_by_measurement: dict[str, int]
@@ -154,6 +156,7 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
         report = StackReport(
             elapsed_s=elapsed,
             published=sum(gw.stats.published for gw in gateways),
+            dropped=sum(gw.stats.dropped for gw in gateways),
             written_by_domain=_by_domain(ingest.stats.written_by_kind),
             rejected=ingest.stats.rejected,
             stored_by_measurement=stored,
@@ -235,6 +238,7 @@ def _print_report(report: StackReport, data: Path) -> None:
     print(
         f"\nstopped after {report.elapsed_s:.0f} s: {report.published:,} readings published, "
         f"{report.written:,} stored ({rate:,.1f}/s), {report.rejected} rejected"
+        + (f", {report.dropped:,} dropped by full gateway buffers" if report.dropped else "")
     )
     print("stored in InfluxDB now (all runs in this data dir):")
     for name, count in report.stored_by_measurement.items():
