@@ -4,7 +4,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from collector import wire
-from devices import KINDS
+from devices import KINDS, Reading
 from devices.simulators import make_simulator
 from pipelines.decode import decode_readings
 
@@ -12,7 +12,7 @@ from pipelines.decode import decode_readings
 def _messages(batch: int, count: int) -> list[tuple[str, bytes]]:
     sims = [make_simulator(k.kind, f"{k.kind}-1", seed=i) for i, k in enumerate(KINDS.values())]
     start = datetime(2026, 7, 1, tzinfo=UTC)
-    readings = []
+    readings: list[Reading] = []
     step = 0
     while len(readings) < batch * count:
         at = start + timedelta(seconds=10 * step)

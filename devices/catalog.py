@@ -2,8 +2,9 @@
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
-from pydantic import JsonValue, ValidationError
+from pydantic import ValidationError
 
 from devices.datacenter import EnergyMeter, RackEnvironment
 from devices.ecology import Hydrology, SoilProfile, StationHealth, WaterQuality, Weather
@@ -50,7 +51,7 @@ def kinds_in(domain: Domain) -> list[type[KindValues]]:
     return [k for k in KINDS.values() if k.domain is domain]
 
 
-def check_values(kind: str, channel: str | None, values: Mapping[str, JsonValue]) -> KindValues:
+def check_values(kind: str, channel: str | None, values: Mapping[str, Any]) -> KindValues:
     """Validate one reading's channel and values against its kind's model.
 
     Raises CatalogError with code ``unknown_kind``, ``bad_channel`` or

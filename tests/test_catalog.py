@@ -44,7 +44,7 @@ def _weather(**overrides: object) -> dict[str, object]:
 
 @pytest.mark.parametrize("value", [-60.0, 50.0, -60, 0])
 def test_range_limits_are_inclusive(value: float) -> None:
-    check_values("weather", None, _weather(air_temperature=value))  # type: ignore[arg-type]
+    check_values("weather", None, _weather(air_temperature=value))
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,7 @@ def test_range_limits_are_inclusive(value: float) -> None:
 )
 def test_invalid_values_name_the_field(values: dict[str, object], fragment: str) -> None:
     with pytest.raises(CatalogError) as caught:
-        check_values("weather", None, values)  # type: ignore[arg-type]
+        check_values("weather", None, values)
     assert caught.value.code == "invalid_values"
     assert fragment in caught.value.detail
 
@@ -75,7 +75,7 @@ def test_channels_are_required_exactly_where_the_kind_has_them() -> None:
     with pytest.raises(CatalogError, match="bad_channel"):
         check_values("rack_environment", None, rack)
     with pytest.raises(CatalogError, match="bad_channel"):
-        check_values("weather", "A01", _weather())  # type: ignore[arg-type]
+        check_values("weather", "A01", _weather())
     meter = {"energy_kwh": 10.0, "active_power_kw": 1.0}
     with pytest.raises(CatalogError, match="bad_channel: circuit 'kitchen'"):
         check_values("energy_meter", "kitchen", meter)

@@ -17,7 +17,10 @@ def stack_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     data = tmp_path_factory.mktemp("stack") / "data"
     done = subprocess.run(
         [*STACK, "run", "--data-dir", str(data), "--duration", "6", "--interval", "1"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return data, done.stdout
@@ -49,7 +52,10 @@ def test_query_reads_a_stopped_stacks_data(stack_output: tuple[Path, str]) -> No
     data, _ = stack_output
     done = subprocess.run(
         [*STACK, "query", "--data-dir", str(data), "SELECT count(ph) FROM water_quality"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     count = int(done.stdout.strip().splitlines()[-1].split("\t")[-1])
     assert count > 0

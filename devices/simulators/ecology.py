@@ -46,9 +46,17 @@ class WeatherSimulator(BaseSimulator[SiteOptions]):
                     "wind_direction": sky.wind_direction,
                     "precipitation": sky.precipitation_rate * self.interval_s / 3_600.0,
                     "solar_radiation": sky.solar_radiation,
+                    "snow_depth": self._snow_depth(t),
                 },
             )
         ]
+
+    def _snow_depth(self, t: float) -> float:
+        """cm; the plateau's cover is thin and patchy, deepest after the spring snows of
+        March-April, gone by summer (a function of time, so it stays deterministic)."""
+        season = periodic_bump(day_of_year(t), 85.0, 45.0, YEAR_DAYS)
+        spells = 0.5 + 0.5 * self.noise.smooth("snow", t, 10 * DAY_S)
+        return max(0.0, 12.0 * season * spells)
 
 
 class River:
