@@ -3,10 +3,9 @@
 from datetime import datetime
 from typing import Protocol
 
-from devices.simulators import Simulator, make_simulator
-
 from collector.config import DeviceSettings, SimulatorSource
 from devices import Reading
+from devices.simulators import Simulator, make_simulator
 
 
 class ReadingSource(Protocol):

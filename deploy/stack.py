@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from dashboards.provisioning import write_provisioning
-
 from collector.config import DeviceSettings, GatewaySettings, load_gateway_config
 from collector.gateway import Gateway
+from dashboards.provisioning import write_provisioning
 from deploy.servers import InfluxServer, MosquittoServer, require_binaries
 from devices import KINDS, Domain
 from pipelines.config import (
