@@ -7,7 +7,9 @@ together and so may import each of them, the dashboards included.
 import asyncio
 import contextlib
 import logging
+import shlex
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -243,13 +245,15 @@ def _print_report(report: StackReport, data: Path) -> None:
     for name, count in report.stored_by_measurement.items():
         domain = KINDS[name].domain.value if name in KINDS else "fleet"
         print(f"  {name:<18} {domain:<11} {count:>10,} points")
+    bin_dir = Path(sys.executable).parent
+    query = shlex.quote("SELECT * FROM water_quality ORDER BY time DESC LIMIT 5")
+    dead = shlex.quote(str(data / "ingest" / "dead-letters.sqlite3"))
     print(
         "\nlook at the data:\n"
-        f"  ecotel-stack query --data-dir {data} 'SELECT * FROM water_quality ORDER BY time DESC LIMIT 5'\n"
+        f"  {bin_dir / 'ecotel-stack'} query --data-dir {shlex.quote(str(data))} {query}\n"
+        f"  ECOTEL_INGEST_DEAD_LETTER__PATH={dead} {bin_dir / 'ecotel-ingest'} dead-letters list\n"
         f"  Grafana: mount {data / 'grafana' / 'provisioning'} as /etc/grafana/provisioning "
-        f"and {data / 'grafana' / 'dashboards'} as the dashboards folder (see deploy/grafana/README.md)\n"
-        f"  dead letters: ecotel-ingest dead-letters list (with ECOTEL_INGEST_DEAD_LETTER__PATH="
-        f"{data / 'ingest' / 'dead-letters.sqlite3'})"
+        f"and {data / 'grafana' / 'dashboards'} as its dashboards folder (deploy/grafana/README.md)"
     )
 
 

@@ -81,7 +81,10 @@ async def _dead_letters(settings: IngestSettings, args: argparse.Namespace) -> i
             for reason, count in (await store.counts()).items():
                 print(f"{count:8d}  {reason}")
         elif args.action == "list":
-            for letter in await store.list(reason=args.reason, limit=args.limit):
+            letters = await store.list(reason=args.reason, limit=args.limit)
+            if not letters:
+                print(f"no dead letters in {path}")
+            for letter in letters:
                 print(
                     f"{letter.id:6d}  {letter.received_at:%Y-%m-%d %H:%M:%S}  "
                     f"{letter.reason:<16} {letter.topic}  {letter.detail[:100]}"

@@ -8,6 +8,10 @@ with its reason, and that every dashboard panel's query returns data.
 
 import asyncio
 import json
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -294,3 +298,31 @@ async def test_every_dashboard_panel_returns_data_after_the_run(e2e_run: E2ERun)
         min_interval_ms=int(INTERVAL_S * 1000),
     )
     assert problems == [], "\n".join(problems)
+
+
+def test_dead_letters_can_be_inspected_from_the_command_line(e2e_run: E2ERun) -> None:
+    env = {**os.environ, "ECOTEL_INGEST_DEAD_LETTER__PATH": str(e2e_run.dead_letters)}
+    ingest = [sys.executable, "-m", "pipelines"]
+    counts = subprocess.run(
+        [*ingest, "dead-letters", "counts"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r"^\s+2\s+invalid_values$", counts, re.MULTILINE), counts
+    listing = subprocess.run(
+        [*ingest, "dead-letters", "list", "--reason", "not_utf8"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    letter_id = int(listing.split()[0])
+    shown = json.loads(
+        subprocess.run(
+            [*ingest, "dead-letters", "show", str(letter_id)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert shown["reason"] == "not_utf8"
+    assert shown["payload"] == {"hex": b"\x80\x81 not utf-8".hex()}
