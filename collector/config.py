@@ -27,14 +27,30 @@ class GatewayIdentity(_Section):
     id: Identifier = Field(description="Unique gateway id; also its MQTT topic level")
     site: Identifier = Field(description="The site the gateway stands at")
     state_dir: Path = Field(
-        default=Path("gateway-state"), description="Where the gateway keeps its sequence number"
+        default=Path("gateway-state"),
+        description="Where the gateway keeps its outbox (readings not yet acknowledged)",
     )
     batch_max_readings: int = Field(default=500, ge=1, le=10_000)
     batch_max_delay_s: float = Field(
         default=0.5, gt=0, le=60, description="Longest a reading waits to share a message"
     )
-    buffer_max_readings: int = Field(
-        default=100_000, ge=100, description="Readings held in memory while the broker is away"
+    commit_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        le=10,
+        description="Readings are committed to disk in groups this often: what a power cut can cost",
+    )
+    outbox_max_mb: float = Field(
+        default=512, gt=0, description="Disk budget of the outbox; ~300 bytes per reading"
+    )
+    outbox_full_policy: Literal["drop_oldest", "drop_newest"] = Field(
+        default="drop_oldest",
+        description="What to drop when the budget is reached (counted, logged)",
+    )
+    backlog_readings_per_s: float = Field(
+        default=500,
+        gt=0,
+        description="Drain rate of readings stored during an outage; live readings go first",
     )
 
 

@@ -1,11 +1,11 @@
-"""The gateway runtime: poll every device on its schedule and publish the readings over MQTT."""
+"""The gateway runtime: poll every device on its schedule, keep every reading on disk, publish over MQTT."""
 
 import asyncio
 import contextlib
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -13,7 +13,7 @@ import aiomqtt
 
 from collector import wire
 from collector.config import DeviceSettings, GatewaySettings
-from collector.sequence import SequenceStore
+from collector.outbox import Lane, Outbox, OutgoingMessage
 from collector.sources import ReadingSource, open_source
 from devices import Reading
 
@@ -22,7 +22,7 @@ log = logging.getLogger("ecotel.gateway")
 
 @dataclass
 class GatewayStats:
-    """What the gateway has done so far; read by the stack's progress display."""
+    """What the gateway has done since it started; read by the stack's progress display."""
 
     polled: int = 0
     published: int = 0
@@ -34,11 +34,14 @@ class GatewayStats:
 
 
 class Gateway:
-    """One field gateway: a poller per device feeding one MQTT publisher.
+    """One field gateway: a poller per device, a committer to the outbox, one MQTT publisher.
 
-    Readings wait in a bounded in-memory buffer while the broker is away; when
-    it is full the oldest are dropped, counted and logged. (A durable outbox
-    replaces this buffer in the store-and-forward work.)
+    A reading is committed to the outbox (collector/outbox.py) before it can be
+    published, and leaves it only when the broker has acknowledged its message
+    (QoS 1 PUBACK). Readings stored while the broker was away are the backlog:
+    it drains oldest first at ``backlog_readings_per_s`` while live readings
+    go out as they come, so a returning station neither floods the broker nor
+    starves its live data.
     """
 
     def __init__(self, settings: GatewaySettings) -> None:
@@ -47,51 +50,66 @@ class Gateway:
         ident = settings.gateway
         self._topic = wire.readings_topic(ident.site, ident.id)
         self._status_topic = wire.status_topic(ident.site, ident.id)
-        self._buffer: deque[Reading] = deque()
-        self._wakeup = asyncio.Event()
+        self.outbox = Outbox(
+            ident.state_dir / f"{ident.id}.outbox.sqlite3",
+            max_bytes=int(ident.outbox_max_mb * 1_000_000),
+            policy=ident.outbox_full_policy,
+        )
+        self._taken: list[Reading] = []
+        self._committed = asyncio.Event()
         self._stop = asyncio.Event()
-        self._sequence = SequenceStore(ident.state_dir / f"{ident.id}.seq")
-        self._inflight: wire.ReadingsMessage | None = None
         self._last_drop_log = -math.inf
+        # Backlog token bucket (readings) and when live readings began to wait.
+        self._tokens = 0.0
+        self._refilled = time.monotonic()
+        self._live_since: float | None = None
 
     def stop(self) -> None:
         """Ask the gateway to stop polling, flush what it holds and go offline."""
         self._stop.set()
-        self._wakeup.set()
+        self._committed.set()
 
     @property
     def pending(self) -> int:
-        """Readings taken but not yet acknowledged by the broker."""
-        inflight = len(self._inflight.readings) if self._inflight else 0
-        return len(self._buffer) + inflight
+        """Readings taken but not yet acknowledged by the broker (in memory or on disk)."""
+        return len(self._taken) + self.outbox.pending
 
     async def run(self, *, drain_timeout_s: float = 10.0) -> None:
-        """Run until stop() (or cancellation); then flush for at most ``drain_timeout_s``."""
-        await self._sequence.open()
+        """Run until stop() (or cancellation); then publish what is left for ``drain_timeout_s``.
+
+        Whatever is not published by then stays in the outbox for the next start.
+        """
         sources = {d.id: open_source(d) for d in self.settings.devices}
-        log.info(
-            "gateway %s at %s: %d devices, broker %s:%d",
-            self.settings.gateway.id,
-            self.settings.gateway.site,
-            len(sources),
-            self.settings.broker.host,
-            self.settings.broker.port,
-        )
-        async with asyncio.TaskGroup() as tasks:
-            for device in self.settings.devices:
-                tasks.create_task(self._poll(device, sources[device.id]))
-            publisher = tasks.create_task(self._publish_until_stopped())
-            await self._stop.wait()
-            try:
-                async with asyncio.timeout(drain_timeout_s):
-                    await asyncio.shield(publisher)
-            except TimeoutError:
-                publisher.cancel()
-                if self.pending:
-                    log.error(
-                        "gateway %s stopped with %d readings unsent (broker unreachable)",
-                        self.settings.gateway.id,
-                        self.pending,
+        ident = self.settings.gateway
+        async with self.outbox:
+            log.info(
+                "gateway %s at %s: %d devices, broker %s:%d, %d readings waiting in %s",
+                ident.id,
+                ident.site,
+                len(sources),
+                self.settings.broker.host,
+                self.settings.broker.port,
+                self.outbox.pending,
+                self.outbox.path,
+            )
+            async with asyncio.TaskGroup() as tasks:
+                pollers = [
+                    tasks.create_task(self._poll(d, sources[d.id])) for d in self.settings.devices
+                ]
+                committer = tasks.create_task(self._commit_until_stopped())
+                publisher = tasks.create_task(self._publish_until_stopped())
+                await self._stop.wait()
+                await asyncio.gather(*pollers)
+                await committer
+                try:
+                    async with asyncio.timeout(drain_timeout_s):
+                        await asyncio.shield(publisher)
+                except TimeoutError:
+                    publisher.cancel()
+                    log.warning(
+                        "gateway %s stopped with %d readings kept in the outbox",
+                        ident.id,
+                        self.outbox.pending,
                     )
 
     async def _poll(self, device: DeviceSettings, source: ReadingSource) -> None:
@@ -108,7 +126,8 @@ class Gateway:
                 self.stats.device_errors[device.id] += 1
                 log.warning("device %s: read failed: %r", device.id, exc)
             else:
-                self._accept(readings)
+                self.stats.polled += len(readings)
+                self._taken.extend(readings)
             # A fixed grid, not sleep(interval): a slow read must not make the
             # schedule drift, and missed ticks are skipped, not bunched.
             tick = max(tick + 1, math.ceil((loop.time() - start) / device.interval_s))
@@ -117,26 +136,39 @@ class Gateway:
                 async with asyncio.timeout(max(delay, 0)):
                     await self._stop.wait()
 
-    def _accept(self, readings: list[Reading]) -> None:
-        self.stats.polled += len(readings)
-        self._buffer.extend(readings)
-        overflow = self.pending - self.settings.gateway.buffer_max_readings
-        if overflow > 0:
-            for _ in range(min(overflow, len(self._buffer))):
-                self._buffer.popleft()
-            self.stats.dropped += overflow
-            now = time.monotonic()
-            if now - self._last_drop_log >= 10.0:
-                # Once per 10 s at most: a full buffer drops on every poll.
-                self._last_drop_log = now
-                log.error(
-                    "gateway %s: buffer of %d readings full, dropping the oldest "
-                    "(%d dropped so far)",
-                    self.settings.gateway.id,
-                    self.settings.gateway.buffer_max_readings,
-                    self.stats.dropped,
-                )
-        self._wakeup.set()
+    async def _commit_until_stopped(self) -> None:
+        # Group commit: one fsync per interval instead of one per poll.
+        interval = self.settings.gateway.commit_interval_s
+        while True:
+            stopping = self._stop.is_set()
+            if self._taken:
+                taken, self._taken = self._taken, []
+                dropped = await self.outbox.add(taken)
+                if dropped:
+                    self._report_drop(dropped)
+                self._committed.set()
+            if stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._stop.wait()
+
+    def _report_drop(self, dropped: int) -> None:
+        self.stats.dropped += dropped
+        now = time.monotonic()
+        if now - self._last_drop_log >= 10.0:
+            # Once per 10 s at most: a full outbox drops on every commit.
+            self._last_drop_log = now
+            ident = self.settings.gateway
+            log.error(
+                "gateway %s: outbox at its budget of %g MB, policy %s: %d readings dropped "
+                "since start, %d in all",
+                ident.id,
+                ident.outbox_max_mb,
+                ident.outbox_full_policy,
+                self.stats.dropped,
+                self.outbox.dropped,
+            )
 
     async def _publish_until_stopped(self) -> None:
         broker = self.settings.broker
@@ -147,11 +179,13 @@ class Gateway:
                     self.stats.connected = True
                     delay = 0.5
                     await self._announce(client, "online", "connected")
+                    self.outbox.mark_live()
                     log.info(
-                        "gateway %s connected to %s:%d",
+                        "gateway %s connected to %s:%d, %d readings to send",
                         self.settings.gateway.id,
                         broker.host,
                         broker.port,
+                        self.outbox.pending,
                     )
                     await self._publish_batches(client)
                     await self._announce(client, "offline", "shutdown")
@@ -199,32 +233,52 @@ class Gateway:
         await client.publish(self._status_topic, message.encode(), qos=wire.QOS, retain=True)
 
     async def _publish_batches(self, client: aiomqtt.Client) -> None:
-        ident = self.settings.gateway
         while True:
-            if self._inflight is None:
-                if not self._buffer:
-                    if self._stop.is_set():
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                if len(self._buffer) < ident.batch_max_readings and not self._stop.is_set():
-                    # Let a batch fill for a moment: fewer, larger messages are
-                    # where MQTT throughput comes from.
-                    await asyncio.sleep(ident.batch_max_delay_s)
-                count = min(len(self._buffer), ident.batch_max_readings)
-                readings = [self._buffer.popleft() for _ in range(count)]
-                self._inflight = wire.ReadingsMessage(
-                    gateway=ident.id,
-                    site=ident.site,
-                    seq=await self._sequence.reserve(),
-                    sent_at=datetime.now(UTC),
-                    readings=readings,
-                )
-            # A message that failed is sent again with the same seq: the broker
-            # may have had it, and the ingest counts the repeat as a duplicate.
-            message = self._inflight
-            await client.publish(self._topic, message.encode(), qos=wire.QOS)
-            self._inflight = None
+            # A message reserved before a crash or a lost link goes first, with
+            # the same seq and bytes: the broker may have had it.
+            message = await self.outbox.inflight() or await self._next_message()
+            if message is None:
+                if self._stop.is_set() and not self._taken and not self.outbox.pending:
+                    return
+                self._committed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self._committed.wait()
+                continue
+            await client.publish(self._topic, message.payload, qos=wire.QOS)
+            await self.outbox.acknowledged(message)
             self.stats.messages += 1
-            self.stats.published += len(message.readings)
+            self.stats.published += len(message.ids)
+
+    async def _next_message(self) -> OutgoingMessage | None:
+        """Live readings first, in full batches or once the oldest has waited long enough;
+        the backlog as the token bucket allows."""
+        ident = self.settings.gateway
+        now = time.monotonic()
+        rate = ident.backlog_readings_per_s
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        live, backlog = await self.outbox.lanes()
+        if not live:
+            self._live_since = None
+        elif self._live_since is None:
+            self._live_since = now
+        lane: Lane | None = None
+        limit = ident.batch_max_readings
+        if live and (
+            live >= ident.batch_max_readings
+            or self._stop.is_set()
+            or now - (self._live_since or now) >= ident.batch_max_delay_s
+        ):
+            lane = "live"
+        elif backlog and self._tokens >= 1:
+            # A batch as large as the bucket allows: at most a second's worth.
+            lane, limit = "backlog", min(limit, int(self._tokens))
+        if lane is None:
+            return None
+        message = await self.outbox.reserve(lane, limit, ident.id, ident.site, datetime.now(UTC))
+        if message is not None and lane == "backlog":
+            self._tokens -= len(message.ids)
+        if lane == "live":
+            self._live_since = None
+        return message

@@ -1,0 +1,266 @@
+"""The gateway's durable outbox: every reading is on disk before it is published, and leaves only on PUBACK.
+
+An SQLite file in WAL mode with ``synchronous=FULL``: a committed reading
+survives kill -9 and power loss. Readings are committed in groups (every
+``commit_interval_s``, 0.25 s by default), so a power cut costs at most the
+readings taken in the last group that was not yet committed; kill -9 the same.
+
+The message being published is stored with its sequence number and exact
+payload in the same transaction that reserves the number, so after a crash it
+is sent again byte for byte: the ingest sees a repeated ``seq`` (counted as a
+duplicate) and InfluxDB the same points (no duplicate data).
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+import aiosqlite
+
+from collector.wire import ReadingsMessage
+from devices import Reading
+
+log = logging.getLogger("ecotel.gateway.outbox")
+
+Lane = Literal["live", "backlog"]
+FullPolicy = Literal["drop_oldest", "drop_newest"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    taken_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inflight (
+    seq INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL,
+    ids TEXT NOT NULL,
+    lane TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message reserved for publishing: its number, its exact bytes and the readings it carries."""
+
+    seq: int
+    payload: bytes
+    ids: list[int]
+    lane: Lane
+
+
+class Outbox:
+    """Store-and-forward of readings on disk, with a byte budget and a policy for when it is full."""
+
+    def __init__(self, path: Path, *, max_bytes: int, policy: FullPolicy = "drop_oldest") -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self._db: aiosqlite.Connection | None = None
+        self._bytes = 0
+        self._count = 0
+        self._live_floor = 0
+        self._last_id = 0
+        self.dropped = 0
+
+    async def __aenter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk when it returns; NORMAL could roll back
+        # a committed group after a power cut (see docs/gateway.md).
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.executescript(_SCHEMA)
+        await self._db.commit()
+        async with self._db.execute(
+            "SELECT count(*), total(length(body)), max(id) FROM readings"
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        self._count, self._bytes = int(row[0]), int(row[1])
+        # Whatever is on disk at start is backlog: it waited through an outage.
+        self._last_id = self._live_floor = int(row[2] or 0)
+        self.dropped = await self._meta("dropped")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("outbox is not open")
+        return self._db
+
+    @property
+    def pending(self) -> int:
+        """Readings on disk not yet acknowledged by the broker."""
+        return self._count
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def mark_live(self) -> None:
+        """Everything stored so far becomes backlog; what is taken from now on is live."""
+        self._live_floor = max(self._live_floor, self._last_id)
+
+    async def add(self, readings: list[Reading]) -> int:
+        """Commit readings (one transaction); returns how many the full-disk policy dropped."""
+        if not readings:
+            return 0
+        rows = [(r.time.isoformat(), r.model_dump_json(exclude_none=True)) for r in readings]
+        incoming = sum(len(body) for _, body in rows)
+        dropped = 0
+        if self._bytes + incoming > self.max_bytes:
+            if self.policy == "drop_newest":
+                dropped = len(rows)
+                await self._count_dropped(dropped)
+                return dropped
+            dropped = await self._drop_oldest(self._bytes + incoming - self.max_bytes)
+        cursor = await self.db.executemany(
+            "INSERT INTO readings (taken_at, body) VALUES (?, ?)", rows
+        )
+        await cursor.close()
+        await self.db.commit()
+        async with self.db.execute("SELECT max(id) FROM readings") as cur:
+            row = await cur.fetchone()
+        self._last_id = int(row[0] or 0) if row else self._last_id
+        self._count += len(rows)
+        self._bytes += incoming
+        return dropped
+
+    async def _drop_oldest(self, need: int) -> int:
+        # Never the readings of the message in flight: the broker may have them.
+        busy = set(await self._inflight_ids())
+        freed = dropped = 0
+        ids: list[int] = []
+        async with self.db.execute("SELECT id, length(body) FROM readings ORDER BY id") as cur:
+            async for reading_id, size in cur:
+                if freed >= need:
+                    break
+                if reading_id in busy:
+                    continue
+                ids.append(int(reading_id))
+                freed += int(size)
+                dropped += 1
+        await self._delete(ids)
+        self._bytes -= freed
+        self._count -= dropped
+        await self._count_dropped(dropped)
+        return dropped
+
+    async def _count_dropped(self, n: int) -> None:
+        self.dropped += n
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = ?",
+            (self.dropped, self.dropped),
+        )
+        await self.db.commit()
+
+    async def inflight(self) -> OutgoingMessage | None:
+        """The message reserved but not acknowledged before (after a crash or a lost link)."""
+        async with self.db.execute(
+            "SELECT seq, payload, ids, lane FROM inflight ORDER BY seq"
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return OutgoingMessage(int(row[0]), bytes(row[1]), json.loads(row[2]), row[3])
+
+    async def _inflight_ids(self) -> list[int]:
+        message = await self.inflight()
+        return message.ids if message else []
+
+    async def lanes(self) -> tuple[int, int]:
+        """(live, backlog) readings waiting, not counting the message in flight."""
+        async with self.db.execute(
+            "SELECT count(*) FILTER (WHERE id > ?), count(*) FILTER (WHERE id <= ?) FROM readings "
+            "WHERE id NOT IN (SELECT value FROM inflight, json_each(inflight.ids))",
+            (self._live_floor, self._live_floor),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def oldest_taken_at(self) -> datetime | None:
+        async with self.db.execute("SELECT taken_at FROM readings ORDER BY id LIMIT 1") as cur:
+            row = await cur.fetchone()
+        return datetime.fromisoformat(row[0]) if row else None
+
+    async def reserve(
+        self, lane: Lane, limit: int, gateway: str, site: str, sent_at: datetime
+    ) -> OutgoingMessage | None:
+        """Take up to ``limit`` oldest readings of a lane into a numbered message, durably."""
+        where = "id > ?" if lane == "live" else "id <= ?"
+        async with self.db.execute(
+            f"SELECT id, body FROM readings WHERE {where} ORDER BY id LIMIT ?",
+            (self._live_floor, limit),
+        ) as cur:
+            rows = list(await cur.fetchall())
+        if not rows:
+            return None
+        seq = await self._meta("next_seq")
+        message = ReadingsMessage(
+            gateway=gateway,
+            site=site,
+            seq=seq,
+            sent_at=sent_at,
+            readings=[Reading.model_validate_json(body) for _, body in rows],
+        )
+        ids = [int(r[0]) for r in rows]
+        payload = message.encode()
+        await self.db.execute(
+            "INSERT INTO inflight (seq, payload, ids, lane) VALUES (?, ?, ?, ?)",
+            (seq, payload, json.dumps(ids), lane),
+        )
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = ?",
+            (seq + 1, seq + 1),
+        )
+        await self.db.commit()
+        return OutgoingMessage(seq, payload, ids, lane)
+
+    async def acknowledged(self, message: OutgoingMessage) -> None:
+        """The broker has the message: its readings leave the outbox (one transaction)."""
+        async with self.db.execute(
+            f"SELECT total(length(body)), count(*) FROM readings WHERE id IN "
+            f"({','.join('?' * len(message.ids))})",
+            message.ids,
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        await self._delete(message.ids, commit=False)
+        await self.db.execute("DELETE FROM inflight WHERE seq = ?", (message.seq,))
+        await self.db.commit()
+        self._bytes -= int(row[0])
+        self._count -= int(row[1])
+
+    async def _delete(self, ids: list[int], *, commit: bool = True) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            await self.db.execute(
+                f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            )
+        if commit:
+            await self.db.commit()
+
+    async def _meta(self, key: str) -> int:
+        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
