@@ -67,6 +67,8 @@ class Outbox:
         self._count = 0
         self._live_floor = 0
         self._last_id = 0
+        # Lane sizes kept in memory: counting a days-long backlog per message would not scale.
+        self._live = self._backlog = 0
         self.dropped = 0
 
     async def __aenter__(self) -> Self:
@@ -86,6 +88,7 @@ class Outbox:
         self._count, self._bytes = int(row[0]), int(row[1])
         # Whatever is on disk at start is backlog: it waited through an outage.
         self._last_id = self._live_floor = int(row[2] or 0)
+        self._live, self._backlog = 0, self._count
         self.dropped = await self._meta("dropped")
         return self
 
@@ -117,6 +120,8 @@ class Outbox:
     def mark_live(self) -> None:
         """Everything stored so far becomes backlog; what is taken from now on is live."""
         self._live_floor = max(self._live_floor, self._last_id)
+        self._backlog += self._live
+        self._live = 0
 
     async def add(self, readings: list[Reading]) -> int:
         """Commit readings (one transaction); returns how many the full-disk policy dropped."""
@@ -140,6 +145,7 @@ class Outbox:
             row = await cur.fetchone()
         self._last_id = int(row[0] or 0) if row else self._last_id
         self._count += len(rows)
+        self._live += len(rows)
         self._bytes += incoming
         return dropped
 
@@ -158,6 +164,7 @@ class Outbox:
                 freed += int(size)
                 dropped += 1
         await self._delete(ids)
+        self._forget(ids)
         self._bytes -= freed
         self._count -= dropped
         await self._count_dropped(dropped)
@@ -187,15 +194,13 @@ class Outbox:
         return message.ids if message else []
 
     async def lanes(self) -> tuple[int, int]:
-        """(live, backlog) readings waiting, not counting the message in flight."""
-        async with self.db.execute(
-            "SELECT count(*) FILTER (WHERE id > ?), count(*) FILTER (WHERE id <= ?) FROM readings "
-            "WHERE id NOT IN (SELECT value FROM inflight, json_each(inflight.ids))",
-            (self._live_floor, self._live_floor),
-        ) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
+        """(live, backlog) readings waiting, the message in flight included."""
+        return self._live, self._backlog
+
+    def _forget(self, ids: list[int]) -> None:
+        backlog = sum(1 for i in ids if i <= self._live_floor)
+        self._backlog -= backlog
+        self._live -= len(ids) - backlog
 
     async def oldest_taken_at(self) -> datetime | None:
         async with self.db.execute("SELECT taken_at FROM readings ORDER BY id LIMIT 1") as cur:
@@ -250,6 +255,7 @@ class Outbox:
         await self.db.commit()
         self._bytes -= int(row[0])
         self._count -= int(row[1])
+        self._forget(message.ids)
 
     async def _delete(self, ids: list[int], *, commit: bool = True) -> None:
         for start in range(0, len(ids), 500):
