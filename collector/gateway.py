@@ -58,6 +58,8 @@ class Gateway:
         self._taken: list[Reading] = []
         self._committed = asyncio.Event()
         self._stop = asyncio.Event()
+        self._polling_done = asyncio.Event()
+        self._all_committed = asyncio.Event()
         self._last_drop_log = -math.inf
         # Backlog token bucket (readings) and when live readings began to wait.
         self._tokens = 0.0
@@ -100,6 +102,8 @@ class Gateway:
                 publisher = tasks.create_task(self._publish_until_stopped())
                 await self._stop.wait()
                 await asyncio.gather(*pollers)
+                # Only now is nothing more being taken: the last group can be committed.
+                self._polling_done.set()
                 await committer
                 try:
                     async with asyncio.timeout(drain_timeout_s):
@@ -140,18 +144,20 @@ class Gateway:
         # Group commit: one fsync per interval instead of one per poll.
         interval = self.settings.gateway.commit_interval_s
         while True:
-            stopping = self._stop.is_set()
+            last = self._polling_done.is_set()
             if self._taken:
                 taken, self._taken = self._taken, []
                 dropped = await self.outbox.add(taken)
                 if dropped:
                     self._report_drop(dropped)
                 self._committed.set()
-            if stopping:
+            if last:
+                self._all_committed.set()
+                self._committed.set()
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
-                    await self._stop.wait()
+                    await self._polling_done.wait()
 
     def _report_drop(self, dropped: int) -> None:
         self.stats.dropped += dropped
@@ -238,7 +244,7 @@ class Gateway:
             # the same seq and bytes: the broker may have had it.
             message = await self.outbox.inflight() or await self._next_message()
             if message is None:
-                if self._stop.is_set() and not self._taken and not self.outbox.pending:
+                if self._all_committed.is_set() and not self.outbox.pending:
                     return
                 self._committed.clear()
                 with contextlib.suppress(TimeoutError):

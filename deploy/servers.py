@@ -301,7 +301,7 @@ class MosquittoServer(_ManagedServer):
             # messages once full, so a consumer that is away for a while loses recent data.
             "max_queued_messages 1000000",
             # A wider in-flight window lets a reconnecting consumer drain its backlog faster.
-            "max_inflight_messages 100",
+            "max_inflight_messages 1000",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",

@@ -23,6 +23,12 @@ class MqttSettings(_Section):
     keepalive_s: int = Field(default=30, ge=5)
     topics: list[str] = Field(default=[wire.READINGS_FILTER, wire.STATUS_FILTER], min_length=1)
     max_message_bytes: int = Field(default=1_048_576, ge=1_024)
+    max_unacked_messages: int = Field(
+        default=500,
+        ge=1,
+        description="Write at once when this many messages await their PUBACK; keep it below "
+        "the broker's max_inflight_messages (1000 in deploy/mosquitto/mosquitto.conf)",
+    )
 
 
 class InfluxSettings(_Section):

@@ -44,6 +44,11 @@ class InfluxError(Exception):
 
 
 Refused = Callable[[list[Point], InfluxError], Awaitable[None]]
+Done = Callable[[], None]
+
+
+def no_op() -> None:
+    return None
 
 
 class InfluxWriter:
@@ -56,11 +61,12 @@ class InfluxWriter:
         self._batch = batch
         self._stats = stats
         self._on_refused = on_refused
-        self._queue: asyncio.Queue[list[Point]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[list[Point], Done]] = asyncio.Queue()
         self._pending = 0
         self._space = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._flush_now = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -99,15 +105,23 @@ class InfluxWriter:
         """Points accepted but not yet written (or refused)."""
         return self._pending
 
-    async def put(self, points: list[Point]) -> None:
-        """Queue points for writing; waits while too many are pending (backpressure)."""
+    async def put(self, points: list[Point], done: Done = no_op) -> None:
+        """Queue points for writing; ``done`` is called once they are written or refused.
+
+        Waits while too many points are pending (backpressure).
+        """
         if not points:
+            done()
             return
         async with self._space:
             await self._space.wait_for(lambda: self._pending < self._batch.max_pending_points)
             self._pending += len(points)
             self._idle.clear()
-        self._queue.put_nowait(points)
+        self._queue.put_nowait((points, done))
+
+    def flush_soon(self) -> None:
+        """Close the current batch now (the broker's window of unacknowledged messages is full)."""
+        self._flush_now.set()
 
     async def wait_idle(self) -> None:
         """Return once every queued point is written or refused."""
@@ -116,19 +130,25 @@ class InfluxWriter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = list(await self._queue.get())
+            points, done = await self._queue.get()
+            batch, callbacks = list(points), [done]
             deadline = loop.time() + self._batch.max_delay_s
-            while len(batch) < self._batch.max_points:
+            while len(batch) < self._batch.max_points and not self._flush_now.is_set():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
                     # asyncio.timeout: 3.11's wait_for can lose a cancellation.
                     async with asyncio.timeout(remaining):
-                        batch.extend(await self._queue.get())
+                        points, done = await self._queue.get()
                 except TimeoutError:
                     break
+                batch.extend(points)
+                callbacks.append(done)
+            self._flush_now.clear()
             await self._write(batch)
+            for callback in callbacks:
+                callback()
             async with self._space:
                 self._pending -= len(batch)
                 self._space.notify_all()

@@ -8,10 +8,11 @@ import aiomqtt
 from pydantic import ValidationError
 
 from collector import wire
+from pipelines.acks import Done, InOrderAcks, enable_manual_acks
 from pipelines.config import IngestSettings
 from pipelines.dead_letter import DeadLetterStore
 from pipelines.decode import MessageRejected, decode_readings
-from pipelines.influx_writer import InfluxError, InfluxWriter, Point
+from pipelines.influx_writer import InfluxError, InfluxWriter, Point, no_op
 from pipelines.line_protocol import STATUS_MEASUREMENT, status_to_line
 from pipelines.stats import IngestStats
 
@@ -59,14 +60,19 @@ class IngestService:
         delay = 0.5
         while True:
             try:
-                async with aiomqtt.Client(
+                client = aiomqtt.Client(
                     mqtt.host,
                     mqtt.port,
                     identifier=mqtt.client_id,
                     clean_session=False,
                     keepalive=mqtt.keepalive_s,
                     timeout=10,
-                ) as client:
+                )
+                # At-least-once: the broker keeps a message until its readings
+                # are in InfluxDB or in the dead-letter store.
+                enable_manual_acks(client)
+                acks = InOrderAcks(client)
+                async with client:
                     # Subscribe on every connect: a consumer that reconnects
                     # but does not resubscribe is the commonest bug of the field.
                     for topic in mqtt.topics:
@@ -77,18 +83,26 @@ class IngestService:
                         "ingest connected to %s:%d as %s", mqtt.host, mqtt.port, mqtt.client_id
                     )
                     async for message in client.messages:
-                        await self.handle(str(message.topic), _payload_bytes(message.payload))
+                        done = acks.ticket(message.mid, message.qos)
+                        await self.handle(str(message.topic), _payload_bytes(message.payload), done)
+                        if acks.unacked >= mqtt.max_unacked_messages:
+                            # The broker stops sending at its in-flight limit:
+                            # write now rather than wait for the batch timer.
+                            self._writer.flush_soon()
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 log.warning("ingest: broker link lost (%s); reconnecting in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        """Process one MQTT message (public so that tests and replays can feed it directly)."""
+    async def handle(self, topic: str, payload: bytes, done: Done = no_op) -> None:
+        """Process one MQTT message; ``done`` is called once it is durably stored or dead-lettered.
+
+        Public so that tests and replays can feed messages directly.
+        """
         self.stats.messages += 1
         if topic.endswith("/status"):
-            await self._handle_status(topic, payload)
+            await self._handle_status(topic, payload, done)
             return
         try:
             decoded = decode_readings(
@@ -99,6 +113,7 @@ class IngestService:
             self.stats.rejected_messages[rejection.reason] += 1
             log.warning("rejected message on %s: %s: %s", topic, rejection.reason, rejection.detail)
             await self._dead_letters.add_message(topic, payload, rejection.reason, rejection.detail)
+            done()
             return
         self.stats.received += len(decoded.lines) + len(decoded.rejections)
         if decoded.rejections:
@@ -122,20 +137,22 @@ class IngestService:
             [
                 Point(line, kind, topic)
                 for line, kind in zip(decoded.lines, decoded.kinds, strict=True)
-            ]
+            ],
+            done,
         )
 
-    async def _handle_status(self, topic: str, payload: bytes) -> None:
+    async def _handle_status(self, topic: str, payload: bytes, done: Done) -> None:
         try:
             site, gateway, _ = wire.parse_topic(topic)
             status = wire.GatewayStatus.model_validate_json(payload)
         except (wire.TopicError, ValidationError) as exc:
             self.stats.rejected_messages["bad_status"] += 1
             await self._dead_letters.add_message(topic, payload, "bad_status", str(exc))
+            done()
             return
         self.stats.status_updates += 1
         line = status_to_line(site, gateway, status, received_at=datetime.now(UTC))
-        await self._writer.put([Point(line, STATUS_MEASUREMENT, topic, reading=False)])
+        await self._writer.put([Point(line, STATUS_MEASUREMENT, topic, reading=False)], done)
 
     async def _refused_by_influx(self, points: list[Point], error: InfluxError) -> None:
         self.stats.rejected_readings["influx_refused"] += len(points)

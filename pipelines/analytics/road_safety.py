@@ -1,0 +1,228 @@
+"""Road-weather and traffic rules: dew point, icing risk, low-visibility speed tiers, lane flow and congestion."""
+
+import math
+from enum import IntEnum, StrEnum
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from devices.highway import RoadWeather, SurfaceState, TrafficDetector
+
+MAGNUS_A = 17.625
+MAGNUS_B_DEGC = 243.04
+"""Magnus constants over liquid water, Alduchov & Eskridge (1996), J. Appl. Meteor. 35:601-609.
+
+Used below 0 degC too: hygrometers report relative humidity over water (WMO
+convention), so these are the consistent constants; the published fit holds
+for -40..+50 degC and only degrades slowly beyond it.
+"""
+
+WET_STATES: frozenset[SurfaceState] = frozenset({"wet", "moist", "slush"})
+"""Surface states with liquid water that freezes at or below 0 degC."""
+
+ICY_STATES: frozenset[SurfaceState] = frozenset({"ice", "snow", "frost"})
+"""Surface states the sensor already reports as frozen."""
+
+
+def _finite(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def dew_point(air_temperature: float, relative_humidity: float) -> float:
+    """Dew point (degC) from air temperature (degC) and relative humidity (%, over water), by Magnus.
+
+    Raises ValueError for humidity outside (0, 100]: at 0% there is no dew point.
+    """
+    _finite("air_temperature", air_temperature)
+    _finite("relative_humidity", relative_humidity)
+    if not 0 < relative_humidity <= 100:
+        raise ValueError(f"relative humidity must be in (0, 100] %, got {relative_humidity!r}")
+    gamma = math.log(relative_humidity / 100) + MAGNUS_A * air_temperature / (
+        MAGNUS_B_DEGC + air_temperature
+    )
+    return MAGNUS_B_DEGC * gamma / (MAGNUS_A - gamma)
+
+
+class IcingLevel(IntEnum):
+    """Ordered: a larger value is worse."""
+
+    NONE = 0
+    RISK = 1
+    """The rules say ice can form (or has formed unseen)."""
+    ICY = 2
+    """The surface sensor already reports ice, snow or frost."""
+
+
+class IcingReason(StrEnum):
+    ICY_SURFACE_STATE = "icy_surface_state"
+    FREEZING_WET_SURFACE = "freezing_wet_surface"
+    AT_OR_BELOW_DEW_POINT = "at_or_below_dew_point"
+
+
+class IcingRisk(BaseModel):
+    """Icing assessment of one road-weather reading; every rule that fired is in ``reasons``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    level: IcingLevel
+    reasons: tuple[IcingReason, ...]
+    dew_point: float | None
+    """None when the humidity is 0% (no condensation possible)."""
+
+
+def icing_risk(
+    surface_temperature: float,
+    surface_state: SurfaceState,
+    air_temperature: float,
+    relative_humidity: float,
+) -> IcingRisk:
+    """Icing risk: surface <= 0 degC and wet/moist/slush, or surface <= dew point; ice/snow/frost is ICY.
+
+    Both comparisons are inclusive (exactly 0 degC, exactly the dew point are at risk).
+    The dew-point rule is applied as DOMAIN.md states it, without also
+    requiring a freezing surface: above 0 degC it flags condensation (a wet
+    road that will freeze if it cools), which the reason code keeps distinct.
+    """
+    _finite("surface_temperature", surface_temperature)
+    reasons: list[IcingReason] = []
+    if surface_state in ICY_STATES:
+        reasons.append(IcingReason.ICY_SURFACE_STATE)
+    if surface_temperature <= 0 and surface_state in WET_STATES:
+        reasons.append(IcingReason.FREEZING_WET_SURFACE)
+    point = dew_point(air_temperature, relative_humidity) if relative_humidity > 0 else None
+    if point is not None and surface_temperature <= point:
+        reasons.append(IcingReason.AT_OR_BELOW_DEW_POINT)
+    if IcingReason.ICY_SURFACE_STATE in reasons:
+        level = IcingLevel.ICY
+    elif reasons:
+        level = IcingLevel.RISK
+    else:
+        level = IcingLevel.NONE
+    return IcingRisk(level=level, reasons=tuple(reasons), dew_point=point)
+
+
+def road_icing_risk(reading: RoadWeather) -> IcingRisk:
+    """``icing_risk`` of a RoadWeather reading."""
+    return icing_risk(
+        reading.surface_temperature,
+        reading.surface_state,
+        reading.air_temperature,
+        reading.relative_humidity,
+    )
+
+
+class VisibilityTier(IntEnum):
+    """Tiers of art. 81, Road Traffic Safety Law implementing regulations (PRC, 2004); larger is worse."""
+
+    NORMAL = 0
+    UNDER_200_M = 1
+    UNDER_100_M = 2
+    UNDER_50_M = 3
+
+
+class LowVisibilityRule(BaseModel):
+    """What art. 81 requires of expressway drivers at the measured visibility."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tier: VisibilityTier
+    max_speed_kmh: int | None
+    """None: art. 81 sets no limit (the road's own limit applies)."""
+    min_gap_m: int | None
+    """Following distance to the vehicle ahead in the same lane that art. 81 requires."""
+    leave_at_next_exit: bool
+
+
+# (strictly below this visibility in m, tier, max speed km/h, min gap m, leave)
+_ART_81 = (
+    (50.0, VisibilityTier.UNDER_50_M, 20, None, True),
+    (100.0, VisibilityTier.UNDER_100_M, 40, 50, False),
+    (200.0, VisibilityTier.UNDER_200_M, 60, 100, False),
+)
+
+
+def low_visibility_rule(visibility_m: float) -> LowVisibilityRule:
+    """The art. 81 tier: < 200 m -> 60 km/h, < 100 m -> 40 km/h, < 50 m -> 20 km/h and leave.
+
+    "Under" is strict: exactly 200 m is not under 200 m. Art. 81 names no
+    following distance for the under-50 m tier (the driver must leave).
+    """
+    _finite("visibility", visibility_m)
+    if visibility_m < 0:
+        raise ValueError(f"visibility must not be negative, got {visibility_m!r}")
+    for below, tier, speed, gap, leave in _ART_81:
+        if visibility_m < below:
+            return LowVisibilityRule(
+                tier=tier, max_speed_kmh=speed, min_gap_m=gap, leave_at_next_exit=leave
+            )
+    return LowVisibilityRule(
+        tier=VisibilityTier.NORMAL, max_speed_kmh=None, min_gap_m=None, leave_at_next_exit=False
+    )
+
+
+def flow_rate_per_hour(volume: float, interval_s: float) -> float:
+    """Lane flow rate (vehicles/h) from the count in one interval: volume * 3600 / interval_s."""
+    _finite("volume", volume)
+    _finite("interval_s", interval_s)
+    if volume < 0:
+        raise ValueError(f"volume must not be negative, got {volume!r}")
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be positive, got {interval_s!r}")
+    return volume * 3_600 / interval_s
+
+
+def lane_flow_rate(reading: TrafficDetector) -> float:
+    """``flow_rate_per_hour`` of a TrafficDetector reading."""
+    return flow_rate_per_hour(reading.volume, reading.interval_s)
+
+
+class CongestionLevel(IntEnum):
+    """Larger is worse."""
+
+    FREE = 0
+    MODERATE = 1
+    HEAVY = 2
+    JAMMED = 3
+
+
+class CongestionThresholds(BaseModel):
+    """Occupancy (%) boundaries between levels: an ecotel convention, not a standard.
+
+    No Chinese national standard classes congestion by detector occupancy
+    (GB/T 33171-2016 uses speed). The defaults follow common freeway practice:
+    flow peaks near 15-20% occupancy ("critical occupancy"), beyond it traffic
+    is in the congested branch, and above ~40% queues stand over the detector.
+    Tune them per site, by detector type and lane.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    moderate_from: float = 15.0
+    heavy_from: float = 25.0
+    jammed_above: float = 40.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not 0 <= self.moderate_from <= self.heavy_from <= self.jammed_above <= 100:
+            raise ValueError("thresholds must satisfy 0 <= moderate <= heavy <= jammed <= 100")
+        return self
+
+
+DEFAULT_CONGESTION = CongestionThresholds()
+
+
+def congestion_level(
+    occupancy_percent: float, thresholds: CongestionThresholds = DEFAULT_CONGESTION
+) -> CongestionLevel:
+    """Free < 15% <= moderate < 25% <= heavy <= 40% < jammed (with the default thresholds)."""
+    _finite("occupancy", occupancy_percent)
+    if not 0 <= occupancy_percent <= 100:
+        raise ValueError(f"occupancy must be in 0..100 %, got {occupancy_percent!r}")
+    if occupancy_percent > thresholds.jammed_above:
+        return CongestionLevel.JAMMED
+    if occupancy_percent >= thresholds.heavy_from:
+        return CongestionLevel.HEAVY
+    if occupancy_percent >= thresholds.moderate_from:
+        return CongestionLevel.MODERATE
+    return CongestionLevel.FREE
