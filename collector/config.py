@@ -47,6 +47,9 @@ class GatewayIdentity(_Section):
         default="drop_oldest",
         description="What to drop when the budget is reached (counted, logged)",
     )
+    health_interval_s: float = Field(
+        default=60, gt=0, description="How often the gateway publishes its own health"
+    )
     backlog_readings_per_s: float = Field(
         default=500,
         gt=0,

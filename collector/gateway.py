@@ -13,6 +13,7 @@ import aiomqtt
 
 from collector import wire
 from collector.config import DeviceSettings, GatewaySettings
+from collector.health import START, read_host_health
 from collector.outbox import Lane, Outbox, OutgoingMessage
 from collector.sources import ReadingSource, open_source
 from devices import Reading
@@ -193,7 +194,12 @@ class Gateway:
                         broker.port,
                         self.outbox.pending,
                     )
-                    await self._publish_batches(client)
+                    health = asyncio.create_task(self._publish_health(client))
+                    try:
+                        await self._publish_batches(client)
+                    finally:
+                        health.cancel()
+                        await asyncio.gather(health, return_exceptions=True)
                     await self._announce(client, "offline", "shutdown")
                     return
             except aiomqtt.MqttError as exc:
@@ -210,6 +216,33 @@ class Gateway:
                 delay = min(delay * 2, broker.reconnect_max_s)
             finally:
                 self.stats.connected = False
+
+    async def _publish_health(self, client: aiomqtt.Client) -> None:
+        ident = self.settings.gateway
+        topic = wire.health_topic(ident.site, ident.id)
+        while True:
+            host = await asyncio.to_thread(read_host_health, ident.state_dir)
+            oldest = await self.outbox.oldest_taken_at()
+            now = datetime.now(UTC)
+            report = wire.GatewayHealth(
+                gateway=ident.id,
+                site=ident.site,
+                at=now,
+                uptime_s=time.monotonic() - START,
+                cpu_temperature_c=host.cpu_temperature_c,
+                load_1m=host.load_1m,
+                memory_available_mb=host.memory_available_mb,
+                disk_free_mb=host.disk_free_mb,
+                outbox_readings=self.outbox.pending,
+                outbox_bytes=self.outbox.pending_bytes,
+                oldest_unsent_age_s=(now - oldest).total_seconds() if oldest else None,
+                link_up=self.stats.connected,
+                reconnects=self.stats.reconnects,
+                dropped_total=self.outbox.dropped,
+                device_errors=dict(self.stats.device_errors),
+            )
+            await client.publish(topic, report.encode(), qos=wire.QOS)
+            await asyncio.sleep(ident.health_interval_s)
 
     def _client(self) -> aiomqtt.Client:
         ident = self.settings.gateway

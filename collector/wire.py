@@ -16,6 +16,7 @@ MAX_READINGS_PER_MESSAGE = 10_000
 
 READINGS_FILTER = f"{TOPIC_ROOT}/+/+/readings"
 STATUS_FILTER = f"{TOPIC_ROOT}/+/+/status"
+HEALTH_FILTER = f"{TOPIC_ROOT}/+/+/health"
 
 
 def readings_topic(site: str, gateway: str) -> str:
@@ -26,6 +27,11 @@ def readings_topic(site: str, gateway: str) -> str:
 def status_topic(site: str, gateway: str) -> str:
     """Where a gateway's retained online/offline status lives (also its last will)."""
     return f"{TOPIC_ROOT}/{site}/{gateway}/status"
+
+
+def health_topic(site: str, gateway: str) -> str:
+    """Where a gateway publishes its own health (QoS 1, not retained)."""
+    return f"{TOPIC_ROOT}/{site}/{gateway}/health"
 
 
 class TopicError(ValueError):
@@ -89,6 +95,34 @@ class GatewayStatus(BaseModel):
     at: AwareDatetime | None = Field(
         default=None, description="When the state began; absent in the last will, set by the broker"
     )
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class GatewayHealth(BaseModel):
+    """A gateway's view of itself, published every ``health_interval_s`` while connected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schema")
+    gateway: Identifier
+    site: Identifier
+    at: AwareDatetime
+    uptime_s: float = Field(ge=0)
+    cpu_temperature_c: float | None = None
+    load_1m: float = Field(ge=0)
+    memory_available_mb: float = Field(ge=0)
+    disk_free_mb: float = Field(ge=0)
+    outbox_readings: int = Field(ge=0)
+    outbox_bytes: int = Field(ge=0)
+    oldest_unsent_age_s: float | None = Field(
+        default=None, description="Age of the oldest reading not yet acknowledged; none if empty"
+    )
+    link_up: bool
+    reconnects: int = Field(ge=0)
+    dropped_total: int = Field(ge=0, description="Readings the outbox policy dropped, ever")
+    device_errors: dict[Identifier, int] = Field(default_factory=dict)
 
     def encode(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()

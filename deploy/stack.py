@@ -224,7 +224,7 @@ async def _progress(
 
 async def _stored_counts(influx_url: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for kind in [*KINDS, "gateway_status"]:
+    for kind in [*KINDS, "gateway_status", "gateway_health"]:
         series = await influx_query(influx_url, f'SELECT count(*) FROM "{kind}"', database=DATABASE)
         # count(*) gives one column per field; the largest is the point count.
         counts[kind] = max(

@@ -21,7 +21,9 @@ class MqttSettings(_Section):
         description="Stable id: the broker keeps this persistent session's queue while we are away",
     )
     keepalive_s: int = Field(default=30, ge=5)
-    topics: list[str] = Field(default=[wire.READINGS_FILTER, wire.STATUS_FILTER], min_length=1)
+    topics: list[str] = Field(
+        default=[wire.READINGS_FILTER, wire.STATUS_FILTER, wire.HEALTH_FILTER], min_length=1
+    )
     max_message_bytes: int = Field(default=1_048_576, ge=1_024)
     max_unacked_messages: int = Field(
         default=500,

@@ -7,10 +7,12 @@ reading against ~12 us, and the ingest serialises every reading it stores.
 from datetime import datetime
 from functools import lru_cache
 
-from collector.wire import GatewayStatus
+from collector.wire import GatewayHealth, GatewayStatus
 from devices import KindValues, Reading
 
 STATUS_MEASUREMENT = "gateway_status"
+HEALTH_MEASUREMENT = "gateway_health"
+DEVICE_ERRORS_MEASUREMENT = "gateway_device_errors"
 
 # Line protocol escapes: measurement names escape ',' and ' '; tag keys, tag
 # values and field keys also '='; string field values escape '"' and '\'.
@@ -105,3 +107,31 @@ def status_to_line(site: str, gateway: str, status: GatewayStatus, *, received_a
         f"{STATUS_MEASUREMENT},gateway={escape_tag(gateway)},site={escape_tag(site)} "
         f'online={online!r},state="{status.state}",reason="{status.reason}" {timestamp_ns(at)}'
     )
+
+
+def health_to_lines(site: str, gateway: str, health: GatewayHealth) -> list[str]:
+    """A gateway's health as one ``gateway_health`` point, plus one ``gateway_device_errors``
+    point per device (tag ``device``, field ``errors``), all stamped with the report's time."""
+    key = f"gateway={escape_tag(gateway)},site={escape_tag(site)}"
+    ts = timestamp_ns(health.at)
+    numbers: dict[str, float | None] = {
+        "uptime_s": health.uptime_s,
+        "cpu_temperature_c": health.cpu_temperature_c,
+        "load_1m": health.load_1m,
+        "memory_available_mb": health.memory_available_mb,
+        "disk_free_mb": health.disk_free_mb,
+        "outbox_readings": float(health.outbox_readings),
+        "outbox_bytes": float(health.outbox_bytes),
+        "oldest_unsent_age_s": health.oldest_unsent_age_s,
+        "link_up": 1.0 if health.link_up else 0.0,
+        "reconnects": float(health.reconnects),
+        "dropped_total": float(health.dropped_total),
+    }
+    fields = ",".join(f"{k}={float(v)!r}" for k, v in numbers.items() if v is not None)
+    lines = [f"{HEALTH_MEASUREMENT},{key} {fields} {ts}"]
+    for device, errors in sorted(health.device_errors.items()):
+        lines.append(
+            f"{DEVICE_ERRORS_MEASUREMENT},device={escape_tag(device)},{key} "
+            f"errors={float(errors)!r} {ts}"
+        )
+    return lines

@@ -13,7 +13,12 @@ from pipelines.config import IngestSettings
 from pipelines.dead_letter import DeadLetterStore
 from pipelines.decode import MessageRejected, decode_readings
 from pipelines.influx_writer import InfluxError, InfluxWriter, Point, no_op
-from pipelines.line_protocol import STATUS_MEASUREMENT, status_to_line
+from pipelines.line_protocol import (
+    HEALTH_MEASUREMENT,
+    STATUS_MEASUREMENT,
+    health_to_lines,
+    status_to_line,
+)
 from pipelines.stats import IngestStats
 
 log = logging.getLogger("ecotel.ingest")
@@ -104,6 +109,9 @@ class IngestService:
         if topic.endswith("/status"):
             await self._handle_status(topic, payload, done)
             return
+        if topic.endswith("/health"):
+            await self._handle_health(topic, payload, done)
+            return
         try:
             decoded = decode_readings(
                 topic, payload, max_bytes=self.settings.mqtt.max_message_bytes
@@ -153,6 +161,22 @@ class IngestService:
         self.stats.status_updates += 1
         line = status_to_line(site, gateway, status, received_at=datetime.now(UTC))
         await self._writer.put([Point(line, STATUS_MEASUREMENT, topic, reading=False)], done)
+
+    async def _handle_health(self, topic: str, payload: bytes, done: Done) -> None:
+        try:
+            site, gateway, _ = wire.parse_topic(topic)
+            health = wire.GatewayHealth.model_validate_json(payload)
+            if (health.site, health.gateway) != (site, gateway):
+                raise ValueError(f"payload speaks for {health.site}/{health.gateway}")
+        except (wire.TopicError, ValidationError, ValueError) as exc:
+            self.stats.rejected_messages["bad_health"] += 1
+            await self._dead_letters.add_message(topic, payload, "bad_health", str(exc))
+            done()
+            return
+        lines = health_to_lines(site, gateway, health)
+        await self._writer.put(
+            [Point(line, HEALTH_MEASUREMENT, topic, reading=False) for line in lines], done
+        )
 
     async def _refused_by_influx(self, points: list[Point], error: InfluxError) -> None:
         self.stats.rejected_readings["influx_refused"] += len(points)

@@ -326,3 +326,19 @@ def test_dead_letters_can_be_inspected_from_the_command_line(e2e_run: E2ERun) ->
     )
     assert shown["reason"] == "not_utf8"
     assert shown["payload"] == {"hex": b"\x80\x81 not utf-8".hex()}
+
+
+async def test_gateways_report_their_health(e2e_run: E2ERun) -> None:
+    series = await influx_query(
+        e2e_run.influx_url,
+        'SELECT last("link_up"), last("disk_free_mb"), last("uptime_s"), last("outbox_readings") '
+        'FROM gateway_health GROUP BY "gateway"',
+        database=e2e_run.database,
+    )
+    reports = {s.tags["gateway"]: s.rows()[0] for s in series}
+    assert set(reports) == {gateway for _, gateway in SITES.values()}
+    for row in reports.values():
+        assert row["last"] == 1.0, "published while connected"
+        assert row["last_1"] > 0
+        assert row["last_2"] >= 0
+        assert row["last_3"] >= 0
