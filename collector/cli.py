@@ -10,6 +10,7 @@ from pathlib import Path
 from collector.config import load_gateway_config
 from collector.gateway import Gateway
 from collector.settings_loader import ConfigError
+from collector.systemd_notify import keep_watchdog_fed, notify
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,4 +50,10 @@ async def _run(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, gateway.stop)
-    await gateway.run()
+    watchdog = asyncio.create_task(keep_watchdog_fed())
+    notify("READY=1")
+    try:
+        await gateway.run()
+    finally:
+        notify("STOPPING=1")
+        watchdog.cancel()
