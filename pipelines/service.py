@@ -19,6 +19,7 @@ from pipelines.line_protocol import (
     health_to_lines,
     status_to_line,
 )
+from pipelines.sequence_tracker import Seen, SequenceTracker
 from pipelines.stats import IngestStats
 
 log = logging.getLogger("ecotel.ingest")
@@ -36,6 +37,7 @@ class IngestService:
         self.settings = settings
         self.stats = IngestStats()
         self.connected = asyncio.Event()
+        self.sequences = SequenceTracker()
         self._dead_letters = DeadLetterStore(settings.dead_letter.path)
         self._writer = InfluxWriter(
             settings.influx, settings.batch, self.stats, self._refused_by_influx
@@ -123,6 +125,7 @@ class IngestService:
             await self._dead_letters.add_message(topic, payload, rejection.reason, rejection.detail)
             done()
             return
+        self._track_sequence(decoded.site, decoded.gateway, decoded.seq)
         self.stats.received += len(decoded.lines) + len(decoded.rejections)
         if decoded.rejections:
             for r in decoded.rejections:
@@ -148,6 +151,21 @@ class IngestService:
             ],
             done,
         )
+
+    def _track_sequence(self, site: str, gateway: str, seq: int) -> None:
+        before = self.sequences.missing(site, gateway)
+        seen = self.sequences.observe(site, gateway, seq)
+        if seen is Seen.REPEAT:
+            self.stats.repeated_messages += 1
+        elif seen is Seen.GAP:
+            log.warning(
+                "gateway %s at %s: messages before seq %d missing (%d now)",
+                gateway,
+                site,
+                seq,
+                self.sequences.missing(site, gateway),
+            )
+        self.stats.missing_messages += self.sequences.missing(site, gateway) - before
 
     async def _handle_status(self, topic: str, payload: bytes, done: Done) -> None:
         try:

@@ -18,6 +18,10 @@ class IngestStats:
     write_retries: int = 0
     last_write_latency_s: float = 0.0
     status_updates: int = 0
+    repeated_messages: int = 0
+    """Readings messages whose gateway sequence number was seen before (redeliveries)."""
+    missing_messages: int = 0
+    """Sequence numbers skipped by gateways and not (yet) seen: messages lost on the link."""
 
     def count_written(self, kind: str, *, reading: bool = True) -> None:
         self.written_by_kind[kind] += 1
@@ -34,5 +38,6 @@ class IngestStats:
             f"messages={self.messages} received={self.received} written={self.written} "
             f"rejected={self.rejected} rejected_messages={sum(self.rejected_messages.values())} "
             f"reasons={reasons or '{}'} batches={self.write_batches} retries={self.write_retries} "
-            f"last_write={self.last_write_latency_s * 1000:.1f}ms"
+            f"last_write={self.last_write_latency_s * 1000:.1f}ms "
+            f"repeated_messages={self.repeated_messages} missing_messages={self.missing_messages}"
         )

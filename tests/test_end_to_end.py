@@ -48,7 +48,7 @@ INTERVAL_S = 0.25
 RUN_S = 3.0
 
 # Malformed input a misbehaving gateway sends, and the reason the ingest must give.
-BAD_SITE, BAD_GW = "沱沱河 水文站", "tuotuohe gw,1"
+BAD_SITE, BAD_GW = "沱沱河 水文站", "misbehaving gw"
 
 
 def _bad_inputs() -> list[tuple[str, bytes, str]]:
@@ -244,6 +244,11 @@ async def test_every_reading_arrives_once_with_its_tags_fields_and_time(e2e_run:
     assert len(expected) == published, "the broker delivered every reading the gateways published"
     assert e2e_run.ingest is not None
     assert e2e_run.ingest.stats.written == published
+    assert e2e_run.ingest.stats.missing_messages == 0, "no gateway message was lost"
+    repeats = e2e_run.ingest.sequences.repeats
+    assert all(repeats[(site, gw)] == 0 for site, gw in SITES.values()), repeats
+    # The misbehaving gateway sent three decodable messages all numbered 10**9.
+    assert repeats[(BAD_SITE, BAD_GW)] == 2
 
 
 async def test_names_with_spaces_commas_and_chinese_survive_as_tags(e2e_run: E2ERun) -> None:

@@ -193,6 +193,7 @@ async def test_a_broker_outage_is_bridged_by_the_outbox(harness: Harness, tmp_pa
     assert len(stored) == gateway.stats.polled
     _assert_exactly_once(harness, stored)
     _assert_no_gaps(stored, allowed_gap_s=0.5)
+    assert harness.ingest.stats.missing_messages == 0
     # Drained at 20 readings/s: the backlog went out in several small messages,
     # not in one burst.
     assert max(len(m["readings"]) for m in harness.observed) <= 20
