@@ -16,11 +16,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
-import aiosqlite
-
+from collector.durable_sqlite import DurableSqlite
 from collector.wire import ReadingsMessage
 from devices import Reading
 
@@ -55,14 +53,15 @@ class OutgoingMessage:
     lane: Lane
 
 
-class Outbox:
+class Outbox(DurableSqlite):
     """Store-and-forward of readings on disk, with a byte budget and a policy for when it is full."""
 
+    schema = _SCHEMA
+
     def __init__(self, path: Path, *, max_bytes: int, policy: FullPolicy = "drop_oldest") -> None:
-        self.path = path
+        super().__init__(path)
         self.max_bytes = max_bytes
         self.policy = policy
-        self._db: aiosqlite.Connection | None = None
         self._bytes = 0
         self._count = 0
         self._live_floor = 0
@@ -71,16 +70,8 @@ class Outbox:
         self._live = self._backlog = 0
         self.dropped = 0
 
-    async def __aenter__(self) -> Self:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk when it returns; NORMAL could roll back
-        # a committed group after a power cut (see docs/gateway.md).
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.executescript(_SCHEMA)
-        await self._db.commit()
-        async with self._db.execute(
+    async def opened(self) -> None:
+        async with self.db.execute(
             "SELECT count(*), total(length(body)), max(id) FROM readings"
         ) as cur:
             row = await cur.fetchone()
@@ -90,23 +81,6 @@ class Outbox:
         self._last_id = self._live_floor = int(row[2] or 0)
         self._live, self._backlog = 0, self._count
         self.dropped = await self._meta("dropped")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("outbox is not open")
-        return self._db
 
     @property
     def pending(self) -> int:

@@ -3,12 +3,11 @@
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aiosqlite
 from pydantic import JsonValue
+
+from collector.durable_sqlite import DurableSqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -39,43 +38,14 @@ class DeadLetter:
     payload: bytes | None
 
 
-class DeadLetterStore:
+class DeadLetterStore(DurableSqlite):
     """An SQLite file of refusals; safe to read with the sqlite3 shell while the ingest runs.
 
     A refused reading keeps the reading's JSON; a refused message keeps its
     exact payload bytes (it may not even be UTF-8).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: aiosqlite.Connection | None = None
-
-    async def __aenter__(self) -> Self:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
-        # WAL lets operators read while we write; FULL sync because a
-        # dead letter that vanishes on a power cut is a silent loss.
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.executescript(_SCHEMA)
-        await self._db.commit()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("dead-letter store is not open")
-        return self._db
+    schema = _SCHEMA
 
     async def add_message(self, topic: str, payload: bytes, reason: str, detail: str) -> None:
         await self.add_many(topic, [(reason, detail, None, None)], payload=payload)
