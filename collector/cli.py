@@ -7,8 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
+from collector.broker_link import tls_context
 from collector.config import load_gateway_config
-from collector.gateway import Gateway
+from collector.gateway import BrokerRefused, Gateway
 from collector.settings_loader import ConfigError
 from collector.systemd_notify import keep_watchdog_fed, notify
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_gateway_config(args.config)
+        tls_context(settings.broker, str(args.config))
     except ConfigError as exc:
         print(f"ecotel-gateway: {exc}", file=sys.stderr)
         return 2
@@ -42,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(_run(Gateway(settings)))
+    try:
+        asyncio.run(_run(Gateway(settings, source=str(args.config))))
+    except BrokerRefused as exc:
+        print(f"ecotel-gateway: {exc}", file=sys.stderr)
+        # EX_CONFIG: the unit's RestartPreventExitStatus keeps systemd from looping on it.
+        return 78
     return 0
 
 

@@ -8,6 +8,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -57,12 +58,36 @@ class GatewayIdentity(_Section):
     )
 
 
+class TlsSettings(_Section):
+    """TLS to the broker; file paths are read at start, so a bad one fails there."""
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate(s) the broker's certificate must chain to; default: the system's",
+    )
+    cert_file: Path | None = Field(
+        default=None, description="Client certificate, if the broker asks for one"
+    )
+    key_file: Path | None = Field(default=None, description="The client certificate's private key")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        return self
+
+
 class BrokerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65_535)
     keepalive_s: int = Field(default=30, ge=5, le=3_600)
     client_id: str | None = Field(default=None, description="Default: ecotel-gw-<gateway id>")
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    username: str | None = None
+    password: SecretStr | None = Field(
+        default=None, description="Better set from the environment: ECOTEL_GW_BROKER__PASSWORD"
+    )
+    tls: TlsSettings | None = Field(default=None, description="Absent: plain MQTT")
 
 
 class SimulatorSource(_Section):

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,6 +13,12 @@ from datetime import UTC, datetime
 import aiomqtt
 
 from collector import wire
+from collector.broker_link import (
+    make_client,
+    misconfiguration,
+    settings_fingerprint,
+    tls_context,
+)
 from collector.config import DeviceSettings, GatewaySettings
 from collector.health import START, read_host_health
 from collector.outbox import Lane, Outbox, OutgoingMessage
@@ -19,6 +26,10 @@ from collector.sources import ReadingSource, open_source
 from devices import Reading
 
 log = logging.getLogger("ecotel.gateway")
+
+
+class BrokerRefused(Exception):
+    """The broker refused the gateway's credentials or certificate at its first connection."""
 
 
 @dataclass
@@ -45,8 +56,13 @@ class Gateway:
     starves its live data.
     """
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, *, source: str = "gateway configuration") -> None:
         self.settings = settings
+        self._source = source
+        self._tls: ssl.SSLContext | None = None
+        self._fingerprint = 0
+        self._settings_proven = False
+        self._refused: str | None = None
         self.stats = GatewayStats()
         ident = settings.gateway
         self._topic = wire.readings_topic(ident.site, ident.id)
@@ -82,6 +98,9 @@ class Gateway:
 
         Whatever is not published by then stays in the outbox for the next start.
         """
+        # Certificates are read now, so a bad file fails at start and names its setting.
+        self._tls = await asyncio.to_thread(tls_context, self.settings.broker, self._source)
+        self._fingerprint = await asyncio.to_thread(settings_fingerprint, self.settings.broker)
         sources = {d.id: open_source(d) for d in self.settings.devices}
         ident = self.settings.gateway
         async with self.outbox:
@@ -116,6 +135,8 @@ class Gateway:
                         ident.id,
                         self.outbox.pending,
                     )
+        if self._refused is not None:
+            raise BrokerRefused(self._refused)
 
     async def _poll(self, device: DeviceSettings, source: ReadingSource) -> None:
         loop = asyncio.get_running_loop()
@@ -184,6 +205,9 @@ class Gateway:
             try:
                 async with self._client() as client:
                     self.stats.connected = True
+                    if not self._settings_proven:
+                        self._settings_proven = True
+                        await self.outbox.remember("broker_settings_ok", self._fingerprint)
                     delay = 0.5
                     await self._announce(client, "online", "connected")
                     self.outbox.mark_live()
@@ -205,6 +229,18 @@ class Gateway:
             except aiomqtt.MqttError as exc:
                 self.stats.connected = False
                 self.stats.reconnects += 1
+                problem = misconfiguration(exc, broker)
+                if problem is not None and not await self._proven():
+                    # Settings that never worked: retrying will not fix a wrong password
+                    # or certificate. Stop and say so; what was taken stays in the outbox.
+                    log.error("gateway %s: %s: %s", self.settings.gateway.id, self._source, problem)
+                    self._refused = f"{self._source}: {problem}"
+                    self.stop()
+                    return
+                if problem is not None:
+                    # These very settings worked before, so the broker's side changed
+                    # (rotated password?): an unattended station keeps collecting.
+                    log.error("gateway %s: %s; retrying", self.settings.gateway.id, problem)
                 log.warning(
                     "gateway %s: broker link lost (%s); retrying in %.1f s, %d pending",
                     self.settings.gateway.id,
@@ -216,6 +252,12 @@ class Gateway:
                 delay = min(delay * 2, broker.reconnect_max_s)
             finally:
                 self.stats.connected = False
+
+    async def _proven(self) -> bool:
+        if not self._settings_proven:
+            stored = await self.outbox.remembered("broker_settings_ok")
+            self._settings_proven = stored == self._fingerprint
+        return self._settings_proven
 
     async def _publish_health(self, client: aiomqtt.Client) -> None:
         ident = self.settings.gateway
@@ -249,13 +291,11 @@ class Gateway:
         will = wire.GatewayStatus(
             gateway=ident.id, site=ident.site, state="offline", reason="connection_lost"
         )
-        return aiomqtt.Client(
-            self.settings.broker.host,
-            self.settings.broker.port,
-            identifier=self.settings.client_id,
-            keepalive=self.settings.broker.keepalive_s,
+        return make_client(
+            self.settings.broker,
+            client_id=self.settings.client_id,
             will=aiomqtt.Will(self._status_topic, will.encode(), qos=wire.QOS, retain=True),
-            timeout=10,
+            context=self._tls,
         )
 
     async def _announce(self, client: aiomqtt.Client, state: str, reason: str) -> None:

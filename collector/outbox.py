@@ -240,6 +240,17 @@ class Outbox(DurableSqlite):
         if commit:
             await self.db.commit()
 
+    async def remembered(self, key: str) -> int:
+        """A small number the gateway keeps across restarts (0 if never set)."""
+        return await self._meta(key)
+
+    async def remember(self, key: str, value: int) -> None:
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
+            (key, value, value),
+        )
+        await self.db.commit()
+
     async def _meta(self, key: str) -> int:
         async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()

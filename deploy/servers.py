@@ -291,6 +291,9 @@ class MosquittoServer(_ManagedServer):
     def _render_config(self) -> str:
         lines = [
             "# Written by deploy/servers.py on every start; edits are overwritten.",
+            # Each listener has its own security settings, so a TLS listener with
+            # passwords can sit beside the plain loopback one (extra_config).
+            "per_listener_settings true",
             f"listener {self._port} {HOST}",
             "allow_anonymous true",
             "persistence true",
