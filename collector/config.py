@@ -1,5 +1,6 @@
 """The gateway's configuration: who it is, where its broker is, and which devices it polls."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -134,6 +135,19 @@ class DeviceSettings(_Section):
         return self
 
 
+class ClockSettings(_Section):
+    """When the gateway's wall clock is not to be trusted (collector/clock.py)."""
+
+    earliest_valid: datetime = Field(
+        default=datetime(2026, 1, 1, tzinfo=UTC),
+        description="A wall clock before this is unset (this release was built after it)",
+    )
+    jump_threshold_s: float = Field(
+        default=60.0, gt=0, description="A step of the wall clock larger than this is a jump"
+    )
+    check_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
 class GatewaySettings(FileSettings):
     """A whole gateway configuration file (see deploy/gateway/*.toml for samples)."""
 
@@ -143,6 +157,7 @@ class GatewaySettings(FileSettings):
 
     gateway: GatewayIdentity
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    clock: ClockSettings = Field(default_factory=ClockSettings)
     devices: list[DeviceSettings] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from collector.broker_link import (
     settings_fingerprint,
     tls_context,
 )
+from collector.clock import Anchor, ClockGuard, WallClock, read_boot_id
 from collector.config import DeviceSettings, GatewaySettings
 from collector.health import START, read_host_health
 from collector.outbox import Lane, Outbox, OutgoingMessage
@@ -56,8 +57,18 @@ class Gateway:
     starves its live data.
     """
 
-    def __init__(self, settings: GatewaySettings, *, source: str = "gateway configuration") -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        source: str = "gateway configuration",
+        wall_clock: WallClock | None = None,
+    ) -> None:
         self.settings = settings
+        self.clock = ClockGuard(
+            settings.clock.earliest_valid, settings.clock.jump_threshold_s, wall=wall_clock
+        )
+        self._wall = wall_clock or WallClock()
         self._source = source
         self._tls: ssl.SSLContext | None = None
         self._fingerprint = 0
@@ -71,8 +82,10 @@ class Gateway:
             ident.state_dir / f"{ident.id}.outbox.sqlite3",
             max_bytes=int(ident.outbox_max_mb * 1_000_000),
             policy=ident.outbox_full_policy,
+            boot_id=read_boot_id(),
         )
         self._taken: list[Reading] = []
+        self._taken_mono: list[float | None] = []
         self._committed = asyncio.Event()
         self._stop = asyncio.Event()
         self._polling_done = asyncio.Event()
@@ -119,12 +132,14 @@ class Gateway:
                     tasks.create_task(self._poll(d, sources[d.id])) for d in self.settings.devices
                 ]
                 committer = tasks.create_task(self._commit_until_stopped())
+                clock_watch = tasks.create_task(self._watch_clock())
                 publisher = tasks.create_task(self._publish_until_stopped())
                 await self._stop.wait()
                 await asyncio.gather(*pollers)
                 # Only now is nothing more being taken: the last group can be committed.
                 self._polling_done.set()
                 await committer
+                clock_watch.cancel()
                 try:
                     async with asyncio.timeout(drain_timeout_s):
                         await asyncio.shield(publisher)
@@ -145,15 +160,19 @@ class Gateway:
         while not self._stop.is_set():
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow
             # a cancellation that races its timeout, leaving the task unkillable.
+            stamp = self.clock.stamp()
             try:
                 async with asyncio.timeout(device.interval_s):
-                    readings = await source.read(datetime.now(UTC))
+                    readings = await source.read(stamp.time)
             except Exception as exc:
                 self.stats.device_errors[device.id] += 1
                 log.warning("device %s: read failed: %r", device.id, exc)
             else:
                 self.stats.polled += len(readings)
+                if not stamp.trusted:
+                    readings = [r.model_copy(update={"clock": "unsynced"}) for r in readings]
                 self._taken.extend(readings)
+                self._taken_mono.extend([None if stamp.trusted else stamp.mono] * len(readings))
             # A fixed grid, not sleep(interval): a slow read must not make the
             # schedule drift, and missed ticks are skipped, not bunched.
             tick = max(tick + 1, math.ceil((loop.time() - start) / device.interval_s))
@@ -169,7 +188,8 @@ class Gateway:
             last = self._polling_done.is_set()
             if self._taken:
                 taken, self._taken = self._taken, []
-                dropped = await self.outbox.add(taken)
+                monos, self._taken_mono = self._taken_mono, []
+                dropped = await self.outbox.add(taken, monos)
                 if dropped:
                     self._report_drop(dropped)
                 self._committed.set()
@@ -253,6 +273,24 @@ class Gateway:
             finally:
                 self.stats.connected = False
 
+    async def _watch_clock(self) -> None:
+        # Held readings are corrected against the latest trusted pair of clocks,
+        # checked every time: a group committed after the clock was set is caught too.
+        while True:
+            self.clock.check()
+            if self.clock.trusted and self.outbox.held:
+                wall, mono = self._wall.read()
+                corrected = await self.outbox.correct_held(Anchor(wall, mono))
+                if corrected:
+                    log.info(
+                        "gateway %s: %d readings taken before the clock was set got their "
+                        "time from the monotonic clock",
+                        self.settings.gateway.id,
+                        corrected,
+                    )
+                    self._committed.set()
+            await asyncio.sleep(self.settings.clock.check_interval_s)
+
     async def _proven(self) -> bool:
         if not self._settings_proven:
             stored = await self.outbox.remembered("broker_settings_ok")
@@ -282,6 +320,9 @@ class Gateway:
                 reconnects=self.stats.reconnects,
                 dropped_total=self.outbox.dropped,
                 device_errors=dict(self.stats.device_errors),
+                clock_state=self.clock.state,
+                clock_jumps=self.clock.jumps,
+                readings_held=self.outbox.held,
             )
             await client.publish(topic, report.encode(), qos=wire.QOS)
             await asyncio.sleep(ident.health_interval_s)

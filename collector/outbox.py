@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from collector.clock import Anchor
 from collector.durable_sqlite import DurableSqlite
 from collector.wire import ReadingsMessage
 from devices import Reading
@@ -31,7 +32,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     taken_at TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    -- Readings taken while the wall clock was untrusted wait here (held = 1)
+    -- with the boot and monotonic time that can correct their timestamp.
+    held INTEGER NOT NULL DEFAULT 0,
+    boot TEXT,
+    mono REAL
 );
 CREATE TABLE IF NOT EXISTS inflight (
     seq INTEGER PRIMARY KEY,
@@ -58,8 +64,18 @@ class Outbox(DurableSqlite):
 
     schema = _SCHEMA
 
-    def __init__(self, path: Path, *, max_bytes: int, policy: FullPolicy = "drop_oldest") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        policy: FullPolicy = "drop_oldest",
+        boot_id: str = "unknown-boot",
+    ) -> None:
         super().__init__(path)
+        self.boot_id = boot_id
+        self.held = 0
+        """Readings of this boot waiting for the clock; not publishable yet."""
         self.max_bytes = max_bytes
         self.policy = policy
         self._bytes = 0
@@ -71,15 +87,33 @@ class Outbox(DurableSqlite):
         self.dropped = 0
 
     async def opened(self) -> None:
+        async with self.db.execute("PRAGMA table_info(readings)") as cur:
+            columns = {row[1] async for row in cur}
+        if "held" not in columns:  # an outbox written before clock sanity existed
+            for ddl in ("held INTEGER NOT NULL DEFAULT 0", "boot TEXT", "mono REAL"):
+                await self.db.execute(f"ALTER TABLE readings ADD COLUMN {ddl}")
+        # Held readings of an earlier boot can no longer be corrected (the monotonic
+        # clock restarted): they go out as they are, marked "unsynced".
+        released = await self.db.execute(
+            "UPDATE readings SET held = 0 WHERE held = 1 AND boot IS NOT ?", (self.boot_id,)
+        )
+        if released.rowcount:
+            log.warning(
+                "%d readings taken with an unset clock before a reboot cannot be corrected; "
+                "sent marked clock=unsynced",
+                released.rowcount,
+            )
+        await self.db.commit()
         async with self.db.execute(
-            "SELECT count(*), total(length(body)), max(id) FROM readings"
+            "SELECT count(*), total(length(body)), max(id), total(held) FROM readings"
         ) as cur:
             row = await cur.fetchone()
         assert row is not None
         self._count, self._bytes = int(row[0]), int(row[1])
+        self.held = int(row[3])
         # Whatever is on disk at start is backlog: it waited through an outage.
         self._last_id = self._live_floor = int(row[2] or 0)
-        self._live, self._backlog = 0, self._count
+        self._live, self._backlog = 0, self._count - self.held
         self.dropped = await self._meta("dropped")
 
     @property
@@ -97,12 +131,27 @@ class Outbox(DurableSqlite):
         self._backlog += self._live
         self._live = 0
 
-    async def add(self, readings: list[Reading]) -> int:
-        """Commit readings (one transaction); returns how many the full-disk policy dropped."""
+    async def add(self, readings: list[Reading], mono: list[float | None] | None = None) -> int:
+        """Commit readings (one transaction); returns how many the full-disk policy dropped.
+
+        ``mono[i]``, when given, is the monotonic time of a reading taken while the
+        wall clock was untrusted: it is held until ``correct_held``.
+        """
         if not readings:
             return 0
-        rows = [(r.time.isoformat(), r.model_dump_json(exclude_none=True)) for r in readings]
-        incoming = sum(len(body) for _, body in rows)
+        monos = mono or [None] * len(readings)
+        rows = [
+            (
+                r.time.isoformat(),
+                r.model_dump_json(exclude_none=True),
+                0 if m is None else 1,
+                None if m is None else self.boot_id,
+                m,
+            )
+            for r, m in zip(readings, monos, strict=True)
+        ]
+        held = sum(1 for m in monos if m is not None)
+        incoming = sum(len(row[1]) for row in rows)
         dropped = 0
         if self._bytes + incoming > self.max_bytes:
             if self.policy == "drop_newest":
@@ -111,7 +160,7 @@ class Outbox(DurableSqlite):
                 return dropped
             dropped = await self._drop_oldest(self._bytes + incoming - self.max_bytes)
         cursor = await self.db.executemany(
-            "INSERT INTO readings (taken_at, body) VALUES (?, ?)", rows
+            "INSERT INTO readings (taken_at, body, held, boot, mono) VALUES (?, ?, ?, ?, ?)", rows
         )
         await cursor.close()
         await self.db.commit()
@@ -119,26 +168,58 @@ class Outbox(DurableSqlite):
             row = await cur.fetchone()
         self._last_id = int(row[0] or 0) if row else self._last_id
         self._count += len(rows)
-        self._live += len(rows)
+        self._live += len(rows) - held
+        self.held += held
         self._bytes += incoming
         return dropped
+
+    async def correct_held(self, anchor: Anchor) -> int:
+        """The clock is trusted again: give this boot's held readings their true time and release them."""
+        async with self.db.execute(
+            "SELECT id, mono, body FROM readings WHERE held = 1 AND boot = ?", (self.boot_id,)
+        ) as cur:
+            rows = list(await cur.fetchall())
+        updates = []
+        for reading_id, mono, body in rows:
+            reading = Reading.model_validate_json(body)
+            fixed = reading.model_copy(
+                update={"time": anchor.wall_at(float(mono)), "clock": "corrected"}
+            )
+            new_body = fixed.model_dump_json(exclude_none=True)
+            self._bytes += len(new_body) - len(body)
+            updates.append((fixed.time.isoformat(), new_body, int(reading_id)))
+        await self.db.executemany(
+            "UPDATE readings SET taken_at = ?, body = ?, held = 0 WHERE id = ?", updates
+        )
+        await self.db.commit()
+        for _, _, reading_id in updates:
+            if reading_id <= self._live_floor:
+                self._backlog += 1
+            else:
+                self._live += 1
+        self.held -= len(updates)
+        return len(updates)
 
     async def _drop_oldest(self, need: int) -> int:
         # Never the readings of the message in flight: the broker may have them.
         busy = set(await self._inflight_ids())
         freed = dropped = 0
         ids: list[int] = []
-        async with self.db.execute("SELECT id, length(body) FROM readings ORDER BY id") as cur:
-            async for reading_id, size in cur:
+        held: list[int] = []
+        async with self.db.execute(
+            "SELECT id, length(body), held FROM readings ORDER BY id"
+        ) as cur:
+            async for reading_id, size, is_held in cur:
                 if freed >= need:
                     break
                 if reading_id in busy:
                     continue
-                ids.append(int(reading_id))
+                (held if is_held else ids).append(int(reading_id))
                 freed += int(size)
                 dropped += 1
-        await self._delete(ids)
+        await self._delete(ids + held)
         self._forget(ids)
+        self.held -= len(held)
         self._bytes -= freed
         self._count -= dropped
         await self._count_dropped(dropped)
@@ -177,7 +258,9 @@ class Outbox(DurableSqlite):
         self._live -= len(ids) - backlog
 
     async def oldest_taken_at(self) -> datetime | None:
-        async with self.db.execute("SELECT taken_at FROM readings ORDER BY id LIMIT 1") as cur:
+        async with self.db.execute(
+            "SELECT taken_at FROM readings WHERE held = 0 ORDER BY id LIMIT 1"
+        ) as cur:
             row = await cur.fetchone()
         return datetime.fromisoformat(row[0]) if row else None
 
@@ -187,7 +270,7 @@ class Outbox(DurableSqlite):
         """Take up to ``limit`` oldest readings of a lane into a numbered message, durably."""
         where = "id > ?" if lane == "live" else "id <= ?"
         async with self.db.execute(
-            f"SELECT id, body FROM readings WHERE {where} ORDER BY id LIMIT ?",
+            f"SELECT id, body FROM readings WHERE {where} AND held = 0 ORDER BY id LIMIT ?",
             (self._live_floor, limit),
         ) as cur:
             rows = list(await cur.fetchall())

@@ -123,6 +123,13 @@ class GatewayHealth(BaseModel):
     reconnects: int = Field(ge=0)
     dropped_total: int = Field(ge=0, description="Readings the outbox policy dropped, ever")
     device_errors: dict[Identifier, int] = Field(default_factory=dict)
+    clock_state: Literal["ok", "unset", "jumped"] = Field(
+        default="ok", description="unset: before the build date; jumped: stepped in the last hour"
+    )
+    clock_jumps: int = Field(default=0, ge=0, description="Wall-clock jumps since start")
+    readings_held: int = Field(
+        default=0, ge=0, description="Readings waiting for the clock to be set before they are sent"
+    )
 
     def encode(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()

@@ -1,7 +1,7 @@
 """One reading as a device reports it: which device, which kind, when (UTC) and the values."""
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, field_validator
 
@@ -20,6 +20,10 @@ class Reading(BaseModel):
     # Any, not JsonValue: the kind's strict model checks every value next, and
     # validating them twice cost ~1.4 us of the ingest's ~10 us per reading.
     values: dict[str, Any]
+    clock: Literal["corrected", "unsynced"] | None = None
+    """Absent when the gateway's clock was trusted. ``corrected``: taken while it was
+    not, timestamp since recomputed from the monotonic clock. ``unsynced``: taken
+    while it was not and never corrected (the gateway rebooted first)."""
 
     @field_validator("time")
     @classmethod

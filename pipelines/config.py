@@ -1,5 +1,6 @@
 """The ingest service's configuration: broker, InfluxDB, batching and the dead-letter store."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,6 +56,20 @@ class DeadLetterSettings(_Section):
     path: Path = Path("ingest-state/dead-letters.sqlite3")
 
 
+class ValidationSettings(_Section):
+    """Checks beyond the catalog's schema and ranges."""
+
+    earliest_time: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="Readings older than this come from an unset clock (1970): dead-lettered as clock_unset",
+    )
+    max_future_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Readings further ahead of the ingest's clock: time_in_future",
+    )
+
+
 class IngestSettings(FileSettings):
     """A whole ingest configuration file (sample: deploy/ingest/ingest.toml)."""
 
@@ -66,6 +81,7 @@ class IngestSettings(FileSettings):
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
     stats_interval_s: float = Field(default=10.0, gt=0, description="How often to log counters")
 
 

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from pydantic import JsonValue, ValidationError
 
@@ -38,7 +39,33 @@ class DecodedReadings:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-def decode_readings(topic: str, payload: bytes, *, max_bytes: int) -> DecodedReadings:
+@dataclass(frozen=True)
+class TimeWindow:
+    """The device times the ingest accepts: not before ``earliest``, not beyond now + ``max_future``."""
+
+    earliest: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_future: timedelta = timedelta(minutes=10)
+
+    def problem(self, reading: Reading, now: datetime) -> Rejection | None:
+        if reading.clock == "unsynced" or reading.time < self.earliest:
+            detail = f"time {reading.time.isoformat()}"
+            if reading.clock == "unsynced":
+                detail += ", marked unsynced by its gateway (taken before the clock was set)"
+            else:
+                detail += f", before {self.earliest.date()}: the gateway's clock was not set"
+            return Rejection("clock_unset", detail)
+        if reading.time > now + self.max_future:
+            ahead = (reading.time - now).total_seconds()
+            return Rejection(
+                "time_in_future",
+                f"time {reading.time.isoformat()} is {ahead:.0f} s ahead of the ingest's clock",
+            )
+        return None
+
+
+def decode_readings(
+    topic: str, payload: bytes, *, max_bytes: int, window: TimeWindow | None = None
+) -> DecodedReadings:
     """Validate a readings message; MessageRejected if the whole message is unusable.
 
     Reading-level problems (unknown kind, wrong channel, a value out of range
@@ -65,6 +92,8 @@ def decode_readings(topic: str, payload: bytes, *, max_bytes: int) -> DecodedRea
             f"{envelope.site!r} gateway {envelope.gateway!r}",
         )
     decoded = DecodedReadings(site=site, gateway=gateway, seq=envelope.seq)
+    window = window or TimeWindow()
+    now = datetime.now(UTC)
     for index, raw in enumerate(envelope.readings):
         try:
             reading = Reading.model_validate(raw)
@@ -74,6 +103,10 @@ def decode_readings(topic: str, payload: bytes, *, max_bytes: int) -> DecodedRea
         except CatalogError as exc:
             decoded.rejections.append(Rejection(exc.code, exc.detail, index, raw))
         else:
+            problem = window.problem(reading, now)
+            if problem is not None:
+                decoded.rejections.append(Rejection(problem.reason, problem.detail, index, raw))
+                continue
             decoded.lines.append(to_line(site, gateway, reading, values))
             decoded.kinds.append(reading.kind)
     return decoded

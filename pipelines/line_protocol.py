@@ -126,6 +126,9 @@ def health_to_lines(site: str, gateway: str, health: GatewayHealth) -> list[str]
         "link_up": 1.0 if health.link_up else 0.0,
         "reconnects": float(health.reconnects),
         "dropped_total": float(health.dropped_total),
+        "clock_ok": 1.0 if health.clock_state == "ok" else 0.0,
+        "clock_jumps": float(health.clock_jumps),
+        "readings_held": float(health.readings_held),
     }
     fields = ",".join(f"{k}={float(v)!r}" for k, v in numbers.items() if v is not None)
     lines = [f"{HEALTH_MEASUREMENT},{key} {fields} {ts}"]

@@ -2,7 +2,7 @@
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 from pydantic import ValidationError
@@ -11,7 +11,7 @@ from collector import wire
 from pipelines.acks import Done, InOrderAcks, enable_manual_acks
 from pipelines.config import IngestSettings
 from pipelines.dead_letter import DeadLetterStore
-from pipelines.decode import MessageRejected, decode_readings
+from pipelines.decode import MessageRejected, TimeWindow, decode_readings
 from pipelines.influx_writer import InfluxError, InfluxWriter, Point, no_op
 from pipelines.line_protocol import (
     HEALTH_MEASUREMENT,
@@ -38,6 +38,10 @@ class IngestService:
         self.stats = IngestStats()
         self.connected = asyncio.Event()
         self.sequences = SequenceTracker()
+        self._window = TimeWindow(
+            settings.validation.earliest_time,
+            timedelta(seconds=settings.validation.max_future_s),
+        )
         self._dead_letters = DeadLetterStore(settings.dead_letter.path)
         self._writer = InfluxWriter(
             settings.influx, settings.batch, self.stats, self._refused_by_influx
@@ -116,7 +120,10 @@ class IngestService:
             return
         try:
             decoded = decode_readings(
-                topic, payload, max_bytes=self.settings.mqtt.max_message_bytes
+                topic,
+                payload,
+                max_bytes=self.settings.mqtt.max_message_bytes,
+                window=self._window,
             )
         except MessageRejected as exc:
             rejection = exc.rejection

@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port, require_binaries
+from tests.gateway_harness import harness  # noqa: F401  (a fixture for the gateway tests)
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Decoding and validating readings messages: what is stored, what is refused, and why."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -148,3 +148,25 @@ def test_arbitrary_json_readings_are_stored_or_refused_never_crash(reading: obje
         assert exc.rejection.reason == "bad_envelope"  # noqa: PT017  # NaN/Infinity are not JSON for pydantic
     else:
         assert len(decoded.lines) + len(decoded.rejections) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"time": "1970-01-01T00:03:12Z"}, "clock_unset"),
+        ({"clock": "unsynced"}, "clock_unset"),
+        ({"time": (datetime.now(UTC) + timedelta(days=1)).isoformat()}, "time_in_future"),
+        ({"clock": "corrected"}, None),
+        ({"time": (datetime.now(UTC) + timedelta(minutes=5)).isoformat()}, None),
+    ],
+)
+def test_readings_from_an_untrustworthy_clock_are_refused(
+    fields: dict[str, object], reason: str | None
+) -> None:
+    decoded = decode_readings(TOPIC, _message(_reading(**fields)), max_bytes=1_000_000)
+    if reason is None:
+        assert len(decoded.lines) == 1
+        assert decoded.rejections == []
+    else:
+        assert decoded.lines == []
+        assert [r.reason for r in decoded.rejections] == [reason]

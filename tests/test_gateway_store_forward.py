@@ -10,19 +10,13 @@ import json
 import signal
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import aiomqtt
-import pytest_asyncio
 
 from collector.config import GatewaySettings
 from collector.gateway import Gateway
 from collector.outbox import Outbox
-from deploy.servers import InfluxServer, MosquittoServer, find_free_port
+from deploy.servers import MosquittoServer, find_free_port
 from pipelines.config import (
     BatchSettings,
     DeadLetterSettings,
@@ -30,101 +24,8 @@ from pipelines.config import (
     IngestSettings,
     MqttSettings,
 )
-from pipelines.influx_query import influx_query
 from pipelines.service import IngestService
-
-GATEWAY, SITE = "sf-gw", "沱沱河 站"
-HYDRO_INTERVAL_S = 0.1
-
-
-def _settings(port: int, state_dir: Path, **gateway: Any) -> dict[str, Any]:
-    return {
-        "gateway": {
-            "id": GATEWAY,
-            "site": SITE,
-            "state_dir": str(state_dir),
-            "batch_max_delay_s": 0.1,
-            "commit_interval_s": 0.05,
-            **gateway,
-        },
-        "broker": {"host": "127.0.0.1", "port": port, "reconnect_max_s": 0.5},
-        "devices": [
-            {
-                "id": "hydro-1",
-                "kind": "hydrology",
-                "interval_s": HYDRO_INTERVAL_S,
-                "source": {"type": "simulator", "seed": 7},
-            }
-        ],
-    }
-
-
-@dataclass
-class Harness:
-    broker: MosquittoServer
-    influx_url: str
-    database: str
-    ingest: IngestService
-    observed: list[dict[str, Any]] = field(default_factory=list)
-
-    async def settle(self, expected_readings: int) -> None:
-        async with asyncio.timeout(60):
-            while self.ingest.stats.received < expected_readings:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            await self.ingest.wait_idle()
-
-    async def stored_times(self) -> list[int]:
-        series = await influx_query(
-            self.influx_url, "SELECT stage FROM hydrology", database=self.database, epoch="ns"
-        )
-        return [row[0] for s in series for row in s.values]
-
-    def observed_seqs(self) -> list[int]:
-        return [m["seq"] for m in self.observed]
-
-    def observed_times(self) -> set[str]:
-        return {r["time"] for m in self.observed for r in m["readings"]}
-
-
-async def _observe(port: int, sink: list[dict[str, Any]]) -> None:
-    # A persistent session, so an observer that loses its broker misses nothing.
-    while True:
-        try:
-            async with aiomqtt.Client(
-                "127.0.0.1", port, identifier="sf-observer", clean_session=False
-            ) as client:
-                await client.subscribe(f"ecotel/v1/+/{GATEWAY}/readings", qos=1)
-                async for message in client.messages:
-                    sink.append(json.loads(bytes(message.payload)))
-        except aiomqtt.MqttError:
-            await asyncio.sleep(0.2)
-
-
-@pytest_asyncio.fixture
-async def harness(influxdb: InfluxServer, tmp_path: Path) -> AsyncIterator[Harness]:
-    """A broker of its own (tests stop it), the session InfluxDB, an ingest and an observer."""
-    database = f"sf_{uuid.uuid4().hex[:8]}"
-    async with MosquittoServer(tmp_path / "broker") as broker:
-        ingest = IngestService(
-            IngestSettings(
-                mqtt=MqttSettings(port=broker.port, client_id=f"ingest-{database}"),
-                influx=InfluxSettings(url=influxdb.url, database=database),
-                batch=BatchSettings(max_delay_s=0.1),
-                dead_letter=DeadLetterSettings(path=tmp_path / "dead.sqlite3"),
-            )
-        )
-        h = Harness(broker, influxdb.url, database, ingest)
-        tasks = [
-            asyncio.create_task(ingest.run()),
-            asyncio.create_task(_observe(broker.port, h.observed)),
-        ]
-        async with asyncio.timeout(30):
-            await ingest.connected.wait()
-        await asyncio.sleep(0.3)  # the observer subscribes
-        yield h
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+from tests.gateway_harness import GATEWAY, HYDRO_INTERVAL_S, Harness, gateway_settings
 
 
 def _assert_exactly_once(h: Harness, stored: list[int]) -> None:
@@ -145,7 +46,7 @@ async def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
     harness: Harness, tmp_path: Path
 ) -> None:
     config = tmp_path / "gw.toml"
-    settings = _settings(harness.broker.port, tmp_path / "state")
+    settings = gateway_settings(harness.broker.port, tmp_path / "state")
     config.write_text(_toml(settings), encoding="utf-8")
     command = [sys.executable, "-m", "collector", "run", "--config", str(config)]
     first = await asyncio.create_subprocess_exec(*command)
@@ -173,7 +74,7 @@ async def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(
 async def test_a_broker_outage_is_bridged_by_the_outbox(harness: Harness, tmp_path: Path) -> None:
     gateway = Gateway(
         GatewaySettings.model_validate(
-            _settings(harness.broker.port, tmp_path / "state", backlog_readings_per_s=20)
+            gateway_settings(harness.broker.port, tmp_path / "state", backlog_readings_per_s=20)
         )
     )
     task = asyncio.create_task(gateway.run())
@@ -207,7 +108,7 @@ async def test_a_full_disk_budget_drops_the_oldest_and_counts_them(
     # overflows, and is switched off; then it comes back with a broker there.
     port = find_free_port()
     settings = GatewaySettings.model_validate(
-        _settings(port, tmp_path / "state", outbox_max_mb=0.004)  # about 20 readings
+        gateway_settings(port, tmp_path / "state", outbox_max_mb=0.004)  # about 20 readings
     )
     offline = Gateway(settings)
     started_ns = time.time_ns()
@@ -232,7 +133,9 @@ async def test_a_full_disk_budget_drops_the_oldest_and_counts_them(
             await ingest.connected.wait()
         # Back on line with room to spare, so only the outage's policy decides.
         back = Gateway(
-            GatewaySettings.model_validate(_settings(port, tmp_path / "state", outbox_max_mb=1))
+            GatewaySettings.model_validate(
+                gateway_settings(port, tmp_path / "state", outbox_max_mb=1)
+            )
         )
         task = asyncio.create_task(back.run())
         await asyncio.sleep(1.5)
