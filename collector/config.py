@@ -1,5 +1,6 @@
 """The gateway's configuration: who it is, where its broker is, and which devices it polls."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -18,6 +19,8 @@ from pydantic_settings import SettingsConfigDict
 
 from collector.settings_loader import FileSettings, load_settings
 from devices import KINDS, Identifier
+from devices.drivers.base import FieldMap
+from devices.quantity import Role
 from devices.simulators import make_simulator
 
 
@@ -105,6 +108,11 @@ class DeviceSettings(_Section):
     id: Identifier
     kind: str
     interval_s: float = Field(default=10.0, ge=0.05, le=86_400)
+    channel: Identifier | None = Field(
+        default=None,
+        description="Channel of this device's readings (lane, depth_cm, circuit, rack) where "
+        "the field map does not give one per field",
+    )
     source: DeviceSource
 
     @field_validator("kind")
@@ -115,7 +123,10 @@ class DeviceSettings(_Section):
         return value
 
     @model_validator(mode="after")
-    def _simulator_accepts_options(self) -> Self:
+    def _source_fits_kind(self) -> Self:
+        if not isinstance(self.source, SimulatorSource):
+            check_field_map(self.kind, self.source.fields, self.channel)
+            return self
         # Build the simulator once now, so a bad option fails at start with
         # the device's key in the message, not at the first poll.
         try:
@@ -146,6 +157,59 @@ class ClockSettings(_Section):
         default=60.0, gt=0, description="A step of the wall clock larger than this is a jump"
     )
     check_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
+def check_field_map(kind: str, fields: Sequence[FieldMap], default_channel: str | None) -> None:
+    """A field map must give every required quantity of its kind, per channel, and nothing else."""
+    model = KINDS[kind]
+    specs = {q.name: q for q in model.quantities()}
+    problems: list[str] = []
+    groups: dict[str | None, set[str]] = {}
+    for index, mapping in enumerate(fields):
+        where = f"source.fields.{index}"
+        spec = specs.get(mapping.field)
+        if spec is None:
+            problems.append(
+                f"{where}.field: {mapping.field!r} is not a quantity of {kind}; "
+                f"known: {', '.join(specs)}"
+            )
+            continue
+        if spec.role == Role.STATE:
+            problems.append(f"{where}.field: {mapping.field!r} is a state, not a number")
+            continue
+        channel = mapping.channel if mapping.channel is not None else default_channel
+        if model.channel is None and channel is not None:
+            problems.append(f"{where}.channel: {kind} readings have no channel")
+        elif model.channel is not None and channel is None:
+            problems.append(
+                f"{where}.channel: {kind} readings need a {model.channel.tag} "
+                "(set it here or as the device's channel)"
+            )
+        elif (
+            model.channel is not None
+            and model.channel.allowed
+            and channel not in model.channel.allowed
+        ):
+            problems.append(
+                f"{where}.channel: {channel!r} is not a {model.channel.tag}; "
+                f"allowed: {', '.join(model.channel.allowed)}"
+            )
+        group = groups.setdefault(channel, set())
+        if mapping.field in group:
+            problems.append(
+                f"{where}.field: {mapping.field!r} is mapped twice for channel {channel!r}"
+            )
+        group.add(mapping.field)
+    required = {name for name, spec in specs.items() if spec.required}
+    for channel, mapped in groups.items():
+        missing = sorted(required - mapped)
+        if missing:
+            label = "" if channel is None else f" for channel {channel!r}"
+            problems.append(
+                f"source.fields: {', '.join(missing)} missing{label} ({kind} requires them)"
+            )
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class GatewaySettings(FileSettings):
