@@ -5,6 +5,7 @@ import ssl
 from pathlib import Path
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 
 from collector.config import BrokerSettings
 from collector.settings_loader import ConfigError
@@ -75,7 +76,8 @@ def misconfiguration(exc: aiomqtt.MqttError, broker: BrokerSettings) -> str | No
     A network failure is not a misconfiguration: the gateway keeps its readings
     and retries. A wrong password or certificate will not get better by retrying.
     """
-    if isinstance(exc, aiomqtt.MqttCodeError) and _code(exc.rc) in _BAD_CREDENTIALS:
+    # Only a CONNACK refusal: a publish on a dropped link also carries code 4 (MQTT_ERR_NO_CONN).
+    if isinstance(exc, MqttConnectError) and _code(exc.rc) in _BAD_CREDENTIALS:
         who = "broker.username / broker.password"
         if broker.username is None:
             who = "broker.username / broker.password (none set; the broker wants credentials)"

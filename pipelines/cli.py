@@ -4,14 +4,53 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from collector.settings_loader import ConfigError, build_settings
-from pipelines.config import IngestSettings, load_ingest_config
+from pipelines.config import IngestSettings, for_worker, load_ingest_config
 from pipelines.dead_letter import DeadLetter, DeadLetterStore
 from pipelines.service import IngestService
+from pipelines.supervisor import Supervisor
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [worker {worker}]: %(message)s"
+# How often a worker checks that the process that started it is still there.
+_PARENT_CHECK_S = 1.0
+
+RUN_DESCRIPTION = """Run the ingest until Ctrl-C or SIGTERM.
+
+Without --workers: one process, one MQTT session (client id mqtt.client_id,
+suffixed -K if mqtt.worker is K).
+
+With --workers N: a supervisor starts N worker processes (worker ids
+0..N-1, the same configuration) that share one subscription through the
+broker: mqtt.shared_group must be set, and every topic filter is subscribed
+as $share/<group>/<filter>, so each message goes to one worker. Worker K has
+its own persistent session, client id <mqtt.client_id>-K. A worker that dies
+is restarted as the same worker K (backoff 0.5 s doubling to 30 s, logged):
+the broker keeps its share queued for that session and gives it to no other
+worker. SIGTERM or SIGINT to the supervisor stops all workers; it exits once
+they have stopped. Its log names every worker's pid.
+
+--worker K runs a single worker K (what the supervisor starts; also for one
+process per systemd unit)."""
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", "-c", type=Path, help="ingest TOML file")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the service until Ctrl-C or SIGTERM")
+    run = sub.add_parser(
+        "run",
+        help="run the service until Ctrl-C or SIGTERM (--workers N: N processes)",
+        description=RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Also accepted after the command; SUPPRESS keeps a --config given before it.
+    run.add_argument(
+        "--config", "-c", type=Path, default=argparse.SUPPRESS, help="ingest TOML file"
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    how_many = run.add_mutually_exclusive_group()
+    how_many.add_argument(
+        "--workers",
+        type=_count(1),
+        metavar="N",
+        help="supervise N worker processes on the shared subscription mqtt.shared_group, "
+        "restarting any that dies (see above)",
+    )
+    how_many.add_argument(
+        "--worker",
+        type=_count(0),
+        metavar="K",
+        help="run as worker K: client id <mqtt.client_id>-K (also mqtt.worker, "
+        "ECOTEL_INGEST_MQTT__WORKER)",
+    )
     dl = sub.add_parser("dead-letters", help="inspect refused messages and readings")
     dl_sub = dl.add_subparsers(dest="action", required=True)
     ls = dl_sub.add_parser("list", help="one line per dead letter")
@@ -51,24 +114,90 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecotel-ingest: {exc}", file=sys.stderr)
         return 2
     if args.command == "run":
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        asyncio.run(_run(IngestService(settings)))
+        if args.workers is not None:
+            return _supervise(settings, args)
+        if args.worker is not None:
+            settings = for_worker(settings, args.worker)
+        worker = settings.mqtt.worker
+        # Workers share the supervisor's stderr: each line says whose it is.
+        log_format = LOG_FORMAT if worker is None else WORKER_LOG_FORMAT.format(worker=worker)
+        logging.basicConfig(level=args.log_level.upper(), format=log_format)
+        asyncio.run(_run(IngestService(settings), watch_parent=args.worker is not None))
         return 0
     return asyncio.run(_dead_letters(settings, args))
 
 
-async def _run(service: IngestService) -> None:
+def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
+    if settings.mqtt.shared_group is None:
+        print(
+            "ecotel-ingest: --workers needs a shared subscription: set mqtt.shared_group "
+            "(or ECOTEL_INGEST_MQTT__SHARED_GROUP); without it every worker would get "
+            "every message",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    # Workers read the same file and inherit the environment, so
+    # ECOTEL_INGEST_* overrides reach them too.
+    config = ["--config", str(args.config.absolute())] if args.config else []
+
+    def command(number: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "pipelines",
+            *config,
+            "run",
+            "--worker",
+            str(number),
+            "--log-level",
+            args.log_level,
+        ]
+
+    mqtt = settings.mqtt
+    logging.getLogger("ecotel.ingest.supervisor").info(
+        "supervisor: %d workers on shared group %s, client ids %s-0..%s-%d",
+        args.workers,
+        mqtt.shared_group,
+        mqtt.client_id,
+        mqtt.client_id,
+        args.workers - 1,
+    )
+    asyncio.run(Supervisor(args.workers, command).run())
+    return 0
+
+
+async def _run(service: IngestService, *, watch_parent: bool = False) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
+    watcher = asyncio.create_task(_exit_with_parent(task)) if watch_parent else None
     try:
         await service.run()
     except asyncio.CancelledError:
-        logging.getLogger("ecotel.ingest").info("ingest stopped: %s", service.stats.summary())
+        logging.getLogger("ecotel.ingest").info("ingest stopped: %s", service.summary())
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _exit_with_parent(main: asyncio.Task[None]) -> None:
+    """Cancel ``main`` once the process that started this worker is gone.
+
+    An orphaned worker would keep its client id, and the worker a new
+    supervisor starts with that id would take the session over and back
+    again, over and over.
+    """
+    parent = os.getppid()
+    # Nothing signals a parent's death to an asyncio loop, so poll (cheap: one syscall).
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await asyncio.sleep(_PARENT_CHECK_S)
+    logging.getLogger("ecotel.ingest").warning(
+        "ingest: parent process %d is gone; stopping this worker", parent
+    )
+    main.cancel()
 
 
 async def _dead_letters(settings: IngestSettings, args: argparse.Namespace) -> int:

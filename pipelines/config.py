@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from collector import wire
@@ -14,12 +14,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+SHARE_PREFIX = "$share/"
+
+
 class MqttSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65_535)
     client_id: str = Field(
         default="ecotel-ingest",
         description="Stable id: the broker keeps this persistent session's queue while we are away",
+    )
+    shared_group: str | None = Field(
+        default=None,
+        description="Share the subscription among workers: each topic filter is subscribed as "
+        "$share/<group>/<filter> and the broker hands every message to one member only",
+    )
+    worker: int | None = Field(
+        default=None,
+        ge=0,
+        description="Worker number: the session's client id becomes <client_id>-<worker> "
+        "(ecotel-ingest run --worker N; the supervisor sets it)",
     )
     keepalive_s: int = Field(default=30, ge=5)
     topics: list[str] = Field(
@@ -32,6 +46,35 @@ class MqttSettings(_Section):
         description="Write at once when this many messages await their PUBACK; keep it below "
         "the broker's max_inflight_messages (1000 in deploy/mosquitto/mosquitto.conf)",
     )
+
+    @field_validator("shared_group")
+    @classmethod
+    def _one_topic_level(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "/+#")):
+            raise ValueError("a share name is one topic level: not empty, no '/', '+' or '#'")
+        return value
+
+    @field_validator("topics")
+    @classmethod
+    def _no_share_prefix(cls, value: list[str]) -> list[str]:
+        # The ingest must know that it sees only part of each gateway's
+        # messages (sequence tracking depends on it), so sharing is a setting.
+        for topic in value:
+            if topic.startswith(SHARE_PREFIX):
+                raise ValueError(f"{topic!r}: set mqtt.shared_group instead of a $share/ filter")
+        return value
+
+    @property
+    def session_id(self) -> str:
+        """The MQTT client id: ``client_id``, suffixed with the worker number if there is one."""
+        return self.client_id if self.worker is None else f"{self.client_id}-{self.worker}"
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The filters to subscribe to, in their shared form when ``shared_group`` is set."""
+        if self.shared_group is None:
+            return list(self.topics)
+        return [f"{SHARE_PREFIX}{self.shared_group}/{topic}" for topic in self.topics]
 
 
 class InfluxSettings(_Section):
@@ -53,7 +96,33 @@ class BatchSettings(_Section):
 
 
 class DeadLetterSettings(_Section):
-    path: Path = Path("ingest-state/dead-letters.sqlite3")
+    path: Path = Field(
+        default=Path("ingest-state/dead-letters.sqlite3"),
+        description="One file for all workers on a host: SQLite in WAL mode takes one writer at "
+        "a time and the others wait (busy timeout), which rare refusals never notice",
+    )
+
+
+class SpoolSettings(_Section):
+    """Where batches wait on disk while InfluxDB is down (pipelines/spool.py)."""
+
+    enabled: bool = True
+    path: Path | None = Field(
+        default=None,
+        description="Default: spool.sqlite3 beside the dead-letter store. Each worker of a "
+        "shared group uses its own file, suffixed -worker<N>",
+    )
+    max_mb: float = Field(
+        default=1024,
+        gt=0,
+        description="Beyond this the ingest stops acknowledging: the broker holds the rest",
+    )
+
+    def path_for(self, worker: int | None, dead_letters: Path) -> Path:
+        path = self.path or dead_letters.with_name("spool.sqlite3")
+        if worker is None:
+            return path
+        return path.with_name(f"{path.stem}-worker{worker}{path.suffix}")
 
 
 class ValidationSettings(_Section):
@@ -82,9 +151,17 @@ class IngestSettings(FileSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
     stats_interval_s: float = Field(default=10.0, gt=0, description="How often to log counters")
 
 
 def load_ingest_config(path: Path) -> IngestSettings:
     """Read an ingest TOML file; ConfigError names the file and key of any problem."""
     return load_settings(IngestSettings, path)
+
+
+def for_worker(settings: IngestSettings, worker: int) -> IngestSettings:
+    """The same settings for worker number ``worker`` (its own client id, so its own session)."""
+    if worker < 0:
+        raise ValueError(f"worker number {worker} is negative")
+    return settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update={"worker": worker})})

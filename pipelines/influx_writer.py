@@ -5,33 +5,27 @@ failures (connection errors, 429 and 5xx) are retried with backoff, honouring
 Retry-After, forever: a point is never dropped because the database is away.
 Points the server refuses outright are isolated by bisection and handed back
 with the server's answer, so one bad point does not take its batch with it.
+With a spool (pipelines/spool.py), a batch that fails transiently goes to disk
+instead of waiting, and a drainer writes it back when InfluxDB returns.
 """
 
 import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import httpx
 
 from pipelines.config import BatchSettings, InfluxSettings
+from pipelines.points import Point
+from pipelines.spool import Spool
 from pipelines.stats import IngestStats
 
+__all__ = ["Done", "InfluxError", "InfluxWriter", "Point", "Refused", "no_op"]
+
 log = logging.getLogger("ecotel.ingest.influx")
-
-
-@dataclass(frozen=True)
-class Point:
-    """One line of line protocol and where it came from (for counting and dead-lettering)."""
-
-    line: str
-    kind: str
-    topic: str
-    reading: bool = True
-    """False for points that are not device readings (gateway status)."""
 
 
 class InfluxError(Exception):
@@ -55,8 +49,18 @@ class InfluxWriter:
     """Collect points from many messages into batches and write them in the background."""
 
     def __init__(
-        self, influx: InfluxSettings, batch: BatchSettings, stats: IngestStats, on_refused: Refused
+        self,
+        influx: InfluxSettings,
+        batch: BatchSettings,
+        stats: IngestStats,
+        on_refused: Refused,
+        spool: Spool | None = None,
     ) -> None:
+        self._spool = spool
+        self._spool_ready = asyncio.Event()
+        self._spool_drained = asyncio.Event()
+        self._spool_drained.set()
+        self._influx_down = False
         self._influx = influx
         self._batch = batch
         self._stats = stats
@@ -69,6 +73,7 @@ class InfluxWriter:
         self._flush_now = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         auth = (
@@ -83,9 +88,14 @@ class InfluxWriter:
             # Proxy variables meant for the outside world must not divert database writes.
             trust_env=False,
         )
+        if self._spool is not None:
+            await self._spool.__aenter__()
+            self._note_spool()
         if self._influx.create_database:
             await self._create_database()
         self._task = asyncio.create_task(self._run(), name="influx-writer")
+        if self._spool is not None:
+            self._drainer = asyncio.create_task(self._drain_spool(), name="spool-drainer")
         return self
 
     async def __aexit__(
@@ -94,9 +104,12 @@ class InfluxWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._drainer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._spool is not None:
+            await self._spool.__aexit__(None, None, None)
         if self._http is not None:
             await self._http.aclose()
 
@@ -124,8 +137,25 @@ class InfluxWriter:
         self._flush_now.set()
 
     async def wait_idle(self) -> None:
-        """Return once every queued point is written or refused."""
-        await self._idle.wait()
+        """Return once every queued point is written or refused, the spool included."""
+        while True:
+            await self._idle.wait()
+            await self._spool_drained.wait()
+            if self._idle.is_set():
+                return
+
+    @property
+    def spooled(self) -> int:
+        """Points on disk waiting for InfluxDB."""
+        return self._spool.points if self._spool is not None else 0
+
+    def _note_spool(self) -> None:
+        self._stats.spool_points = self.spooled
+        if self.spooled:
+            self._spool_drained.clear()
+            self._spool_ready.set()
+        else:
+            self._spool_drained.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -155,9 +185,9 @@ class InfluxWriter:
                 if self._pending == 0:
                     self._idle.set()
 
-    async def _write(self, batch: list[Point]) -> None:
+    async def _write(self, batch: list[Point], *, may_spool: bool = True) -> None:
         try:
-            await self._post_with_retry(batch)
+            written = await self._post_with_retry(batch, may_spool=may_spool)
         except InfluxError as exc:
             if exc.status == 413 or len(batch) > 1:
                 # Too large, or some point in it refused: halve until the
@@ -167,16 +197,27 @@ class InfluxWriter:
                     await self._on_refused(batch, exc)
                     return
                 middle = len(batch) // 2
-                await self._write(batch[:middle])
-                await self._write(batch[middle:])
+                await self._write(batch[:middle], may_spool=may_spool)
+                await self._write(batch[middle:], may_spool=may_spool)
                 return
             log.error("InfluxDB refused a point: %s", exc)
             await self._on_refused(batch, exc)
             return
-        for point in batch:
-            self._stats.count_written(point.kind, reading=point.reading)
+        if written:
+            for point in batch:
+                self._stats.count_written(point.kind, reading=point.reading)
 
-    async def _post_with_retry(self, batch: list[Point]) -> None:
+    async def _spooled(self, batch: list[Point]) -> bool:
+        if self._spool is None or not await self._spool.add(batch):
+            return False
+        self._stats.spooled += len(batch)
+        self._note_spool()
+        return True
+
+    async def _post_with_retry(self, batch: list[Point], *, may_spool: bool = True) -> bool:
+        """True once written; False if the batch went to the spool instead (InfluxDB away)."""
+        if may_spool and self._influx_down and await self._spooled(batch):
+            return False
         body = "\n".join(p.line for p in batch).encode()
         params = {"db": self._influx.database, "precision": "ns"}
         delay = 0.5
@@ -191,18 +232,45 @@ class InfluxWriter:
                 if response.status_code == 204:
                     self._stats.write_batches += 1
                     self._stats.last_write_latency_s = time.perf_counter() - started
-                    return
+                    self._influx_down = False
+                    return True
                 # 4xx (but 429) will not get better by retrying; 429 and 5xx may.
                 if response.status_code // 100 == 4 and response.status_code != 429:
                     raise InfluxError(response.status_code, response.text)
                 problem = f"{response.status_code}: {response.text.strip()}"
                 wait = max(delay, _retry_after(response))
+            self._influx_down = True
+            if may_spool and await self._spooled(batch):
+                log.warning(
+                    "write of %d points failed (%s); spooled to disk (%d points waiting)",
+                    len(batch),
+                    problem,
+                    self.spooled,
+                )
+                return False
             self._stats.write_retries += 1
             log.warning(
                 "write of %d points failed (%s); retrying in %.1f s", len(batch), problem, wait
             )
             await asyncio.sleep(wait)
             delay = min(delay * 2, self._batch.retry_max_s)
+
+    async def _drain_spool(self) -> None:
+        assert self._spool is not None
+        while True:
+            await self._spool_ready.wait()
+            oldest = await self._spool.oldest()
+            if oldest is None:
+                self._spool_ready.clear()
+                self._note_spool()
+                continue
+            batch_id, batch = oldest
+            # Retries in place: the drainer is the one that waits for InfluxDB.
+            await self._write(batch, may_spool=False)
+            await self._spool.remove(batch_id)
+            self._note_spool()
+            if not self.spooled:
+                log.info("spool drained: InfluxDB has everything again")
 
     @property
     def http(self) -> httpx.AsyncClient:

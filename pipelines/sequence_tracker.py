@@ -1,5 +1,6 @@
 """Per-gateway message numbers: repeats (redeliveries) and gaps (messages lost on the link) made visible."""
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -10,12 +11,22 @@ class Seen(StrEnum):
     GAP = "gap"
     LATE = "late"
     REPEAT = "repeat"
+    NEW = "new"
+    """Shared mode: a number this worker has not seen; gaps are not judged (other workers)."""
 
 
 @dataclass
 class _Gateway:
     highest: int
     missing: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Share:
+    """What one worker of a shared group remembers of a gateway: its latest numbers."""
+
+    seen: set[int] = field(default_factory=set)
+    order: deque[int] = field(default_factory=deque)
 
 
 class SequenceTracker:
@@ -28,16 +39,30 @@ class SequenceTracker:
     seen from a gateway since the ingest started is its baseline. At most
     ``max_missing`` gaps are remembered per gateway; older ones count as lost
     for good.
+
+    ``shared=True`` is for a worker of an MQTT shared subscription: the broker
+    gives it only some of each gateway's numbers and the others to other
+    workers, so a skipped number says nothing about loss. Then nothing is
+    counted as missing (``missing()`` stays 0) and a repeat is a number among
+    the last ``max_remembered`` this worker saw: a lower bound, since a resend
+    may go to another worker than the first copy did.
     """
 
-    def __init__(self, max_missing: int = 100_000) -> None:
+    def __init__(
+        self, max_missing: int = 100_000, *, shared: bool = False, max_remembered: int = 1_024
+    ) -> None:
         self._gateways: dict[tuple[str, str], _Gateway] = {}
+        self._shares: dict[tuple[str, str], _Share] = {}
         self.max_missing = max_missing
+        self.shared = shared
+        self.max_remembered = max_remembered
         self.repeats: dict[tuple[str, str], int] = {}
         self.missing_total: dict[tuple[str, str], int] = {}
 
     def observe(self, site: str, gateway: str, seq: int) -> Seen:
         key = (site, gateway)
+        if self.shared:
+            return self._observe_share(key, seq)
         state = self._gateways.get(key)
         if state is None:
             self._gateways[key] = _Gateway(highest=seq)
@@ -62,6 +87,22 @@ class SequenceTracker:
         self.repeats[key] += 1
         return Seen.REPEAT
 
+    def _observe_share(self, key: tuple[str, str], seq: int) -> Seen:
+        share = self._shares.get(key)
+        first = share is None
+        if share is None:
+            share = self._shares[key] = _Share()
+            self.repeats[key] = 0
+            self.missing_total[key] = 0
+        if seq in share.seen:
+            self.repeats[key] += 1
+            return Seen.REPEAT
+        share.seen.add(seq)
+        share.order.append(seq)
+        if len(share.order) > self.max_remembered:
+            share.seen.discard(share.order.popleft())
+        return Seen.FIRST if first else Seen.NEW
+
     def missing(self, site: str, gateway: str) -> int:
-        """Messages of this gateway not (yet) seen since the ingest started."""
+        """Messages of this gateway not (yet) seen since the ingest started; 0 when shared."""
         return self.missing_total.get((site, gateway), 0)

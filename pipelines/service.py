@@ -20,6 +20,7 @@ from pipelines.line_protocol import (
     status_to_line,
 )
 from pipelines.sequence_tracker import Seen, SequenceTracker
+from pipelines.spool import Spool
 from pipelines.stats import IngestStats
 
 log = logging.getLogger("ecotel.ingest")
@@ -30,21 +31,33 @@ class IngestService:
 
     The MQTT session is persistent (fixed client id, clean_session off), so
     the broker queues QoS 1 messages while the worker is away and delivers
-    them when it returns.
+    them when it returns. With ``mqtt.shared_group`` several workers share
+    the subscription (pipelines/supervisor.py runs them); each needs its own
+    client id (``mqtt.worker``), and none can judge gateways' gaps alone.
     """
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
         self.stats = IngestStats()
         self.connected = asyncio.Event()
-        self.sequences = SequenceTracker()
+        self.sequences = SequenceTracker(shared=settings.mqtt.shared_group is not None)
         self._window = TimeWindow(
             settings.validation.earliest_time,
             timedelta(seconds=settings.validation.max_future_s),
         )
         self._dead_letters = DeadLetterStore(settings.dead_letter.path)
+        spool = settings.spool
         self._writer = InfluxWriter(
-            settings.influx, settings.batch, self.stats, self._refused_by_influx
+            settings.influx,
+            settings.batch,
+            self.stats,
+            self._refused_by_influx,
+            Spool(
+                spool.path_for(settings.mqtt.worker, settings.dead_letter.path),
+                max_bytes=int(spool.max_mb * 1_000_000),
+            )
+            if spool.enabled
+            else None,
         )
 
     async def run(self) -> None:
@@ -53,11 +66,18 @@ class IngestService:
             "ingest: MQTT %s:%d topics %s -> InfluxDB %s database %s; dead letters in %s",
             mqtt.host,
             mqtt.port,
-            ", ".join(mqtt.topics),
+            ", ".join(mqtt.subscriptions),
             self.settings.influx.url,
             self.settings.influx.database,
             self._dead_letters.path,
         )
+        if mqtt.shared_group is not None:
+            log.info(
+                "ingest: worker %s of shared group %s: gateways' missing messages are not "
+                "counted here, each worker sees only part of their numbers",
+                mqtt.session_id,
+                mqtt.shared_group,
+            )
         async with self._dead_letters, self._writer, asyncio.TaskGroup() as tasks:
             tasks.create_task(self._log_stats())
             await self._consume()
@@ -74,7 +94,7 @@ class IngestService:
                 client = aiomqtt.Client(
                     mqtt.host,
                     mqtt.port,
-                    identifier=mqtt.client_id,
+                    identifier=mqtt.session_id,
                     clean_session=False,
                     keepalive=mqtt.keepalive_s,
                     timeout=10,
@@ -86,12 +106,12 @@ class IngestService:
                 async with client:
                     # Subscribe on every connect: a consumer that reconnects
                     # but does not resubscribe is the commonest bug of the field.
-                    for topic in mqtt.topics:
+                    for topic in mqtt.subscriptions:
                         await client.subscribe(topic, qos=wire.QOS)
                     self.connected.set()
                     delay = 0.5
                     log.info(
-                        "ingest connected to %s:%d as %s", mqtt.host, mqtt.port, mqtt.client_id
+                        "ingest connected to %s:%d as %s", mqtt.host, mqtt.port, mqtt.session_id
                     )
                     async for message in client.messages:
                         done = acks.ticket(message.mid, message.qos)
@@ -210,10 +230,17 @@ class IngestService:
                 point.topic, [("influx_refused", str(error), None, point.line)]
             )
 
+    def summary(self) -> str:
+        """The counters in one line, saying when missing messages are not counted."""
+        summary = self.stats.summary()
+        if self.settings.mqtt.shared_group is not None:
+            summary += " (shared subscription: missing_messages not counted)"
+        return summary
+
     async def _log_stats(self) -> None:
         while True:
             await asyncio.sleep(self.settings.stats_interval_s)
-            log.info("ingest: %s pending=%d", self.stats.summary(), self._writer.pending)
+            log.info("ingest: %s pending=%d", self.summary(), self._writer.pending)
 
 
 def _payload_bytes(payload: object) -> bytes:

@@ -22,6 +22,10 @@ class IngestStats:
     """Readings messages whose gateway sequence number was seen before (redeliveries)."""
     missing_messages: int = 0
     """Sequence numbers skipped by gateways and not (yet) seen: messages lost on the link."""
+    spooled: int = 0
+    """Points put in the disk spool since start because InfluxDB could not take them."""
+    spool_points: int = 0
+    """Points in the spool now."""
 
     def count_written(self, kind: str, *, reading: bool = True) -> None:
         self.written_by_kind[kind] += 1
@@ -39,5 +43,6 @@ class IngestStats:
             f"rejected={self.rejected} rejected_messages={sum(self.rejected_messages.values())} "
             f"reasons={reasons or '{}'} batches={self.write_batches} retries={self.write_retries} "
             f"last_write={self.last_write_latency_s * 1000:.1f}ms "
-            f"repeated_messages={self.repeated_messages} missing_messages={self.missing_messages}"
+            f"repeated_messages={self.repeated_messages} missing_messages={self.missing_messages} "
+            f"spool_points={self.spool_points}"
         )

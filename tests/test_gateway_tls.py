@@ -229,3 +229,18 @@ async def test_settings_that_worked_before_keep_collecting_when_the_broker_chang
         await tls_broker.server.restart()
         with contextlib.suppress(Exception):
             pass
+
+
+def test_a_dropped_link_is_not_taken_for_refused_credentials() -> None:
+    # paho's MQTT_ERR_NO_CONN (4) on a publish shares its number with CONNACK code 4.
+    from aiomqtt.exceptions import MqttConnectError
+
+    from collector.broker_link import misconfiguration
+    from collector.config import BrokerSettings
+
+    broker = BrokerSettings(username="gw", password="x")
+    assert misconfiguration(aiomqtt.MqttCodeError(4, "not connected"), broker) is None
+    assert misconfiguration(aiomqtt.MqttError("Connection refused"), broker) is None
+    refused = misconfiguration(MqttConnectError(4), broker)
+    assert refused is not None
+    assert refused.startswith("broker.username / broker.password")
