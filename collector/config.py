@@ -20,6 +20,8 @@ from pydantic_settings import SettingsConfigDict
 from collector.settings_loader import FileSettings, load_settings
 from devices import KINDS, Identifier
 from devices.drivers.base import FieldMap
+from devices.drivers.dlt645 import Dlt645Source
+from devices.drivers.sdi12 import Sdi12Source
 from devices.quantity import Role
 from devices.simulators import make_simulator
 
@@ -100,8 +102,11 @@ class SimulatorSource(_Section):
     options: dict[str, JsonValue] = Field(default_factory=dict)
 
 
-# A discriminated union, so field protocols (modbus, sdi12, dlt645) join as new members.
-DeviceSource = Annotated[SimulatorSource, Field(discriminator="type")]
+# One member per source type; ``type`` picks the member, so errors name its keys.
+DeviceSource = Annotated[
+    SimulatorSource | Sdi12Source | Dlt645Source,
+    Field(discriminator="type"),
+]
 
 
 class DeviceSettings(_Section):

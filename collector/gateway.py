@@ -140,6 +140,8 @@ class Gateway:
                 self._polling_done.set()
                 await committer
                 clock_watch.cancel()
+                for source in sources.values():
+                    await source.close()
                 try:
                     async with asyncio.timeout(drain_timeout_s):
                         await asyncio.shield(publisher)
@@ -157,6 +159,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         start = loop.time()
         tick = 0
+        failing = 0
         while not self._stop.is_set():
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow
             # a cancellation that races its timeout, leaving the task unkillable.
@@ -166,8 +169,15 @@ class Gateway:
                     readings = await source.read(stamp.time)
             except Exception as exc:
                 self.stats.device_errors[device.id] += 1
-                log.warning("device %s: read failed: %r", device.id, exc)
+                failing += 1
+                # The first failure, then every 60th: a device dead for days must
+                # not drown the journal, and its count is in every health report.
+                if failing % 60 == 1:
+                    log.warning("device %s: poll failed (%d in a row): %s", device.id, failing, exc)
             else:
+                if failing:
+                    log.info("device %s answers again after %d failed polls", device.id, failing)
+                    failing = 0
                 self.stats.polled += len(readings)
                 if not stamp.trusted:
                     readings = [r.model_copy(update={"clock": "unsynced"}) for r in readings]

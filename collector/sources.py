@@ -4,7 +4,11 @@ from datetime import datetime
 from typing import Protocol
 
 from collector.config import DeviceSettings, SimulatorSource
+from collector.field_device import FieldDevice
 from devices import Reading
+from devices.drivers.base import Driver
+from devices.drivers.dlt645 import Dlt645Driver, Dlt645Source
+from devices.drivers.sdi12 import Sdi12Driver, Sdi12Source
 from devices.simulators import Simulator, make_simulator
 
 
@@ -12,6 +16,8 @@ class ReadingSource(Protocol):
     """A device the gateway can poll: one call, the readings of that instant."""
 
     async def read(self, at: datetime) -> list[Reading]: ...
+
+    async def close(self) -> None: ...
 
 
 class SimulatedDevice:
@@ -22,6 +28,9 @@ class SimulatedDevice:
 
     async def read(self, at: datetime) -> list[Reading]:
         return self._simulator.sample(at)
+
+    async def close(self) -> None:
+        return None
 
 
 def open_source(device: DeviceSettings) -> ReadingSource:
@@ -37,4 +46,11 @@ def open_source(device: DeviceSettings) -> ReadingSource:
                 options=source.options,
             )
         )
-    raise ValueError(f"device {device.id}: unsupported source {source!r}")
+    driver: Driver
+    if isinstance(source, Sdi12Source):
+        driver = Sdi12Driver(source)
+    elif isinstance(source, Dlt645Source):
+        driver = Dlt645Driver(source)
+    else:  # pragma: no cover - the config union and this chain grow together
+        raise ValueError(f"device {device.id}: unsupported source {source!r}")
+    return FieldDevice(device.id, device.kind, list(source.fields), device.channel, source, driver)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from collector.config import DeviceSettings, GatewaySettings, load_gateway_config
+from collector.config import DeviceSettings, GatewaySettings, SimulatorSource, load_gateway_config
 from collector.gateway import Gateway
 from dashboards.provisioning import write_provisioning
 from deploy.servers import InfluxServer, MosquittoServer, require_binaries
@@ -81,7 +81,8 @@ def sample_gateways(options: StackOptions, mqtt_port: int) -> list[GatewaySettin
                 raw = device.model_dump()
                 if options.scale > 1:
                     raw["id"] = f"{device.id}-{copy:03d}"
-                    raw["source"]["seed"] = device.source.seed + 1000 * copy
+                    if isinstance(device.source, SimulatorSource):
+                        raw["source"]["seed"] = device.source.seed + 1000 * copy
                 if options.interval_s is not None:
                     # A traffic count covers at least one second (the catalog's interval_s).
                     floor = 1.0 if device.kind == "traffic_detector" else 0.0

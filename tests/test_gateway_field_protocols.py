@@ -1,0 +1,141 @@
+"""A gateway polling real byte protocols (SDI-12, DL/T 645) on pseudo-terminals, through broker and ingest into InfluxDB."""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.config import GatewaySettings
+from collector.gateway import Gateway
+from devices.emulators import dlt645_meter, sdi12_sensor
+from devices.emulators.pty_link import open_pty_link
+from pipelines.influx_query import influx_query
+from tests.gateway_harness import GATEWAY, SITE, Harness
+
+# This kernel's ptys refuse parity and 7-bit settings (termios EINVAL): the
+# lines run 8N1 here; the bytes are the same.
+PTY_LINE = {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}
+
+
+def _config(harness: Harness, state: Path, sdi12_port: str, meter_port: str) -> dict[str, Any]:
+    return {
+        "gateway": {
+            "id": GATEWAY,
+            "site": SITE,
+            "state_dir": str(state),
+            "batch_max_delay_s": 0.1,
+        },
+        "broker": {"port": harness.broker.port},
+        "devices": [
+            {
+                "id": "stage-1",
+                "kind": "hydrology",
+                "interval_s": 0.3,
+                "source": {
+                    "type": "sdi12",
+                    "port": sdi12_port,
+                    "address": "0",
+                    "timeout_s": 0.2,
+                    **PTY_LINE,
+                    "fields": [
+                        {"field": "stage", "index": 0},
+                        {"field": "discharge", "index": 1},
+                        # The probe reports in tenths of a degree.
+                        {"field": "water_temperature", "index": 2, "scale": 0.1},
+                    ],
+                },
+            },
+            {
+                "id": "meter-it",
+                "kind": "energy_meter",
+                "interval_s": 0.3,
+                "channel": "it_load",
+                "source": {
+                    "type": "dlt645",
+                    "port": meter_port,
+                    "address": "202401010001",
+                    "timeout_s": 0.2,
+                    **PTY_LINE,
+                    "fields": [
+                        {"field": "energy_kwh", "data_id": "00000000", "scale": 100},
+                        {"field": "active_power_kw", "data_id": "02030000", "scale": 100},
+                    ],
+                },
+            },
+            {
+                "id": "meter-dead",
+                "kind": "energy_meter",
+                "interval_s": 0.3,
+                "channel": "cooling",
+                "source": {
+                    "type": "dlt645",
+                    "port": meter_port,
+                    "address": "202401010002",
+                    "timeout_s": 0.1,
+                    "retries": 1,
+                    **PTY_LINE,
+                    "fields": [
+                        {"field": "energy_kwh", "data_id": "00000000"},
+                        {"field": "active_power_kw", "data_id": "02030000"},
+                    ],
+                },
+            },
+        ],
+    }
+
+
+async def _values(harness: Harness, query: str) -> list[list[Any]]:
+    series = await influx_query(harness.influx_url, query, database=harness.database)
+    return [row for s in series for row in s.values]
+
+
+async def test_field_devices_reach_influxdb_and_a_silent_one_is_counted(
+    harness: Harness, tmp_path: Path
+) -> None:
+    sdi12_link, meter_link = open_pty_link(), open_pty_link()
+    sensor = sdi12_sensor.EmulatedSensor(
+        "0", sdi12_sensor.fixed_values({"": [2.31, 120.5, 12.0]}), ready_after_s=0.0
+    )
+    meters = [
+        dlt645_meter.EmulatedMeter(
+            "202401010001", dlt645_meter.fixed_values({"00000000": 1234.56, "02030000": 8.05})
+        ),
+        dlt645_meter.EmulatedMeter("202401010002", dlt645_meter.fixed_values({}), fault="silent"),
+    ]
+    try:
+        async with (
+            sdi12_sensor.Sdi12LineEmulator(sdi12_link.master_fd, [sensor]),
+            dlt645_meter.Dlt645LineEmulator(meter_link.master_fd, meters),
+        ):
+            settings = GatewaySettings.model_validate(
+                _config(harness, tmp_path / "state", sdi12_link.path, meter_link.path)
+            )
+            gateway = Gateway(settings)
+            task = asyncio.create_task(gateway.run())
+            await asyncio.sleep(3.0)
+            gateway.stop()
+            await task
+    finally:
+        sdi12_link.close()
+        meter_link.close()
+
+    await harness.settle(gateway.stats.published)
+    hydro = await _values(
+        harness, "SELECT stage, discharge, water_temperature, device FROM hydrology"
+    )
+    meter = await _values(
+        harness, "SELECT energy_kwh, active_power_kw, device, circuit FROM energy_meter"
+    )
+    # A poll every 0.3 s for ~3 s: the live devices kept their schedule beside the dead one.
+    assert len(hydro) >= 6
+    assert len(meter) >= 6
+    assert {(row[1], row[2], row[4]) for row in hydro} == {(2.31, 120.5, "stage-1")}
+    assert all(row[3] == pytest.approx(1.2) for row in hydro)
+    assert {(row[1], row[3], row[4]) for row in meter} == {(123456.0, "meter-it", "it_load")}
+    assert all(row[2] == pytest.approx(805.0) for row in meter)
+    assert len(hydro) + len(meter) == gateway.stats.polled
+    # Every poll of the silent meter failed (after its retry), counted for it alone.
+    assert gateway.stats.device_errors["meter-dead"] >= 6
+    assert set(gateway.stats.device_errors) == {"meter-dead"}
+    assert meters[1].requests >= 12, "each failed poll was tried twice"
