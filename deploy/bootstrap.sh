@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.ecotel-installed"
-DEB_PACKAGES=(mosquitto mosquitto-clients influxdb)
+DEB_PACKAGES=(mosquitto mosquitto-clients influxdb tcpdump)
 
 say() { printf 'ecotel bootstrap: %s\n' "$*"; }
 die() { printf 'ecotel bootstrap: error: %s\n' "$*" >&2; exit 1; }
@@ -38,16 +38,16 @@ install_debian_packages() {
     fi
 }
 
-if ! have mosquitto || ! have mosquitto_pub || ! have influxd; then
+if ! have mosquitto || ! have mosquitto_pub || ! have influxd || ! have tcpdump; then
     if [[ $(id -u) -ne 0 ]]; then
-        die "mosquitto, mosquitto_pub or influxd is missing; as root run:
+        die "mosquitto, mosquitto_pub, influxd or tcpdump is missing; as root run:
     apt-get update && apt-get install -y --no-install-recommends ${DEB_PACKAGES[*]}
 or run this script as root."
     fi
     command -v apt-get >/dev/null 2>&1 || die "no apt-get: install ${DEB_PACKAGES[*]} by hand"
     install_debian_packages
-    have mosquitto && have mosquitto_pub && have influxd \
-        || die "packages installed but mosquitto, mosquitto_pub or influxd still missing"
+    have mosquitto && have mosquitto_pub && have influxd && have tcpdump \
+        || die "packages installed but mosquitto, mosquitto_pub, influxd or tcpdump still missing"
 fi
 
 python_ok() {

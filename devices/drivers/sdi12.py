@@ -368,6 +368,8 @@ class Sdi12Driver:
             )
             if fits and body[0] == self._address:
                 return body
+            # Another sensor's service request answers nothing: it is what is left of a
+            # measurement abandoned on that sensor, so it is skipped like the other leftovers.
             if fits and awaited != "service_request":
                 raise DeviceError(
                     "bad_response",

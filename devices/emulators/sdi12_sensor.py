@@ -364,6 +364,8 @@ def _sensor_spec(text: str) -> tuple[str, str, str | None]:
         raise argparse.ArgumentTypeError(f"address must be one of 0-9, a-z, A-Z; got {address!r}")
     if kind not in SIMULATORS:
         raise argparse.ArgumentTypeError(f"unknown kind {kind!r}; known: {', '.join(SIMULATORS)}")
+    if KINDS[kind].channel is not None and not channel:
+        raise argparse.ArgumentTypeError(f"{kind} needs a channel, e.g. {address}={kind}/40")
     return address, kind, channel or None
 
 
