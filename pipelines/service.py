@@ -22,6 +22,7 @@ from pipelines.line_protocol import (
 from pipelines.sequence_tracker import Seen, SequenceTracker
 from pipelines.spool import Spool
 from pipelines.stats import IngestStats
+from pipelines.stats_points import STATS_MEASUREMENT, stats_to_lines
 
 log = logging.getLogger("ecotel.ingest")
 
@@ -241,6 +242,11 @@ class IngestService:
         while True:
             await asyncio.sleep(self.settings.stats_interval_s)
             log.info("ingest: %s pending=%d", self.summary(), self._writer.pending)
+            # Stored too, for the fleet dashboard: rate, rejections by reason, write latency.
+            lines = stats_to_lines(self.settings.mqtt.session_id, self.stats, datetime.now(UTC))
+            await self._writer.put(
+                [Point(line, STATS_MEASUREMENT, "ingest/stats", reading=False) for line in lines]
+            )
 
 
 def _payload_bytes(payload: object) -> bytes:
