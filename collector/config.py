@@ -21,6 +21,7 @@ from collector.settings_loader import FileSettings, load_settings
 from devices import KINDS, Identifier
 from devices.drivers.base import FieldMap
 from devices.drivers.dlt645 import Dlt645Source
+from devices.drivers.modbus import ModbusRtuSource, ModbusTcpSource
 from devices.drivers.sdi12 import Sdi12Source
 from devices.quantity import Role
 from devices.simulators import make_simulator
@@ -104,7 +105,7 @@ class SimulatorSource(_Section):
 
 # One member per source type; ``type`` picks the member, so errors name its keys.
 DeviceSource = Annotated[
-    SimulatorSource | Sdi12Source | Dlt645Source,
+    SimulatorSource | Sdi12Source | Dlt645Source | ModbusTcpSource | ModbusRtuSource,
     Field(discriminator="type"),
 ]
 

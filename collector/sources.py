@@ -8,6 +8,7 @@ from collector.field_device import FieldDevice
 from devices import Reading
 from devices.drivers.base import Driver
 from devices.drivers.dlt645 import Dlt645Driver, Dlt645Source
+from devices.drivers.modbus import ModbusDriver, ModbusRtuSource, ModbusTcpSource
 from devices.drivers.sdi12 import Sdi12Driver, Sdi12Source
 from devices.simulators import Simulator, make_simulator
 
@@ -51,6 +52,8 @@ def open_source(device: DeviceSettings) -> ReadingSource:
         driver = Sdi12Driver(source)
     elif isinstance(source, Dlt645Source):
         driver = Dlt645Driver(source)
+    elif isinstance(source, ModbusTcpSource | ModbusRtuSource):
+        driver = ModbusDriver(source)
     else:  # pragma: no cover - the config union and this chain grow together
         raise ValueError(f"device {device.id}: unsupported source {source!r}")
     return FieldDevice(device.id, device.kind, list(source.fields), device.channel, source, driver)
