@@ -51,13 +51,19 @@ def kinds_in(domain: Domain) -> list[type[KindValues]]:
     return [k for k in KINDS.values() if k.domain is domain]
 
 
-def check_values(kind: str, channel: str | None, values: Mapping[str, Any]) -> KindValues:
+def check_values(
+    kind: str,
+    channel: str | None,
+    values: Mapping[str, Any],
+    model: type[KindValues] | None = None,
+) -> KindValues:
     """Validate one reading's channel and values against its kind's model.
 
+    ``model`` replaces the kind's model (a subclass with a site's own ranges).
     Raises CatalogError with code ``unknown_kind``, ``bad_channel`` or
     ``invalid_values`` (the detail lists every failing field).
     """
-    model = kind_of(kind)
+    model = model or kind_of(kind)
     spec = model.channel
     if spec is None and channel is not None:
         raise CatalogError("bad_channel", f"{kind} readings have no channel, got {channel!r}")

@@ -7,6 +7,7 @@ private attribute ecotel touches, pinned by tests/test_ingest_acks.py, which
 kills the ingest with messages in flight and finds every reading stored.
 """
 
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -30,14 +31,20 @@ class InOrderAcks:
 
     def __init__(self, client: aiomqtt.Client) -> None:
         self._client = client
-        self._waiting: deque[list[int | bool]] = deque()
+        self._waiting: deque[list[int | bool | float]] = deque()
 
     @property
     def unacked(self) -> int:
         return len(self._waiting)
 
+    def oldest_age_s(self) -> float:
+        """How long the oldest message still owed a PUBACK has waited (0 if none)."""
+        if not self._waiting:
+            return 0.0
+        return time.monotonic() - float(self._waiting[0][3])
+
     def ticket(self, mid: int, qos: int) -> Done:
-        entry: list[int | bool] = [mid, qos, False]
+        entry: list[int | bool | float] = [mid, qos, False, time.monotonic()]
         self._waiting.append(entry)
 
         def done() -> None:
@@ -48,7 +55,7 @@ class InOrderAcks:
 
     def _release(self) -> None:
         while self._waiting and self._waiting[0][2]:
-            mid, qos, _ = self._waiting.popleft()
+            mid, qos, _, _ = self._waiting.popleft()
             if int(qos) > 0:
                 # On a link that has gone, this does nothing: the broker
                 # redelivers the message on the next session, which is safe

@@ -3,11 +3,13 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from collector import wire
 from collector.settings_loader import FileSettings, load_settings
+from devices import KINDS, Identifier, Role
+from pipelines.derive_config import DeriveSettings
 
 
 class _Section(BaseModel):
@@ -125,6 +127,100 @@ class SpoolSettings(_Section):
         return path.with_name(f"{path.stem}-worker{worker}{path.suffix}")
 
 
+Limits = tuple[float | None, float | None]
+"""A site's [min, max] for one quantity; None leaves that side to the catalog."""
+
+
+class GatewayValidation(_Section):
+    devices: list[Identifier] | None = Field(
+        default=None,
+        description="The only devices this gateway may speak for; any other is foreign_device. "
+        "Unset: any device (its points still carry this gateway's tags)",
+    )
+
+
+class SiteValidation(_Section):
+    """One site's own limits and gateways (``[validation.sites."<site>"]``)."""
+
+    limits: dict[str, dict[str, Limits]] = Field(
+        default_factory=dict,
+        description="Per kind and quantity, [min, max] replacing the catalog's range at this "
+        "site (a river's stage above its gauge datum, a meter's maximum power)",
+    )
+    gateways: dict[Identifier, GatewayValidation] = Field(default_factory=dict)
+
+    @field_validator("limits")
+    @classmethod
+    def _known_numeric_quantities(
+        cls, value: dict[str, dict[str, Limits]]
+    ) -> dict[str, dict[str, Limits]]:
+        for kind, quantities in value.items():
+            model = KINDS.get(kind)
+            if model is None:
+                raise ValueError(f"{kind!r} is not a device kind ({', '.join(KINDS)})")
+            for name, (low, high) in quantities.items():
+                try:
+                    spec = model.quantity(name)
+                except KeyError:
+                    raise ValueError(f"{kind}.{name}: {kind} has no quantity {name!r}") from None
+                if spec.role is Role.STATE:
+                    raise ValueError(f"{kind}.{name} is a state, it has no range")
+                if low is not None and high is not None and low > high:
+                    raise ValueError(f"{kind}.{name}: minimum {low} above maximum {high}")
+        return value
+
+
+class QualitySettings(_Section):
+    """Suspicious but plausible values: stored with a ``quality`` field, not refused."""
+
+    enabled: bool = True
+    stuck_readings: int = Field(
+        default=10,
+        ge=2,
+        description="A gauge repeating exactly one value this many readings in a row is stuck",
+    )
+    stuck_min_s: float = Field(
+        default=1800.0,
+        ge=0,
+        description="... and only once the repeats span this long (fast pollers repeat honestly)",
+    )
+    stuck_exempt: list[str] = Field(
+        default=["wind_direction"],
+        description="Quantities never judged stuck (values at a range bound never are: 0 mm rain)",
+    )
+    spike_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        description="Default spike threshold: this fraction of the quantity's catalog range",
+    )
+    spike: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per quantity name, the largest plausible jump from the previous reading",
+    )
+    compare_within_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A reading is compared only with a previous one at most this much older",
+    )
+    history_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="At start, series' recent history is read back from InfluxDB this far",
+    )
+
+    @model_validator(mode="after")
+    def _known_quantities(self) -> "QualitySettings":
+        known = {spec.name for model in KINDS.values() for spec in model.quantities()}
+        for where, names in (("spike", list(self.spike)), ("stuck_exempt", self.stuck_exempt)):
+            for name in names:
+                if name not in known:
+                    raise ValueError(f"{where}: no kind has a quantity {name!r}")
+        for name, jump in self.spike.items():
+            if jump <= 0:
+                raise ValueError(f"spike.{name}: the threshold must be above 0, not {jump}")
+        return self
+
+
 class ValidationSettings(_Section):
     """Checks beyond the catalog's schema and ranges."""
 
@@ -137,6 +233,52 @@ class ValidationSettings(_Section):
         gt=0,
         description="Readings further ahead of the ingest's clock: time_in_future",
     )
+    sites: dict[Identifier, SiteValidation] = Field(default_factory=dict)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+
+
+class ApiToken(_Section):
+    """A bearer token; bound to one site/gateway, it may only post that gateway's readings."""
+
+    token: SecretStr = Field(min_length=16)
+    name: str = Field(default="", description="Who holds it (logged, never the token)")
+    site: Identifier | None = None
+    gateway: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "ApiToken":
+        if (self.site is None) != (self.gateway is None):
+            raise ValueError("bind a token to both a site and a gateway, or to neither")
+        return self
+
+    @property
+    def operator(self) -> bool:
+        """Not bound to a gateway: may also read and replay dead letters."""
+        return self.gateway is None
+
+
+class ApiSettings(_Section):
+    """The HTTP API (pipelines/api.py): health, metrics, readings over HTTP, dead letters."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", description="Loopback by default: put a proxy in front")
+    port: int = Field(
+        default=8470,
+        ge=1,
+        le=65_535,
+        description="Worker K of a shared group listens on port + K",
+    )
+    tokens: list[ApiToken] = Field(
+        default_factory=list,
+        description="Bearer tokens; also ECOTEL_INGEST_API__TOKENS as JSON. None: only /healthz, "
+        "/readyz and /metrics answer",
+    )
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="POST /v1/readings waits this long for the write"
+    )
+
+    def port_for(self, worker: int | None) -> int:
+        return self.port + (worker or 0)
 
 
 class IngestSettings(FileSettings):
@@ -152,6 +294,8 @@ class IngestSettings(FileSettings):
     dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    derive: DeriveSettings = Field(default_factory=DeriveSettings)
     stats_interval_s: float = Field(default=10.0, gt=0, description="How often to log counters")
 
 

@@ -78,15 +78,31 @@ class DeadLetterStore(DurableSqlite):
         )
         await self.db.commit()
 
-    async def list(self, *, reason: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        query = "SELECT * FROM dead_letters"
-        params: tuple[object, ...] = ()
+    async def list(
+        self, *, reason: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[DeadLetter]:
+        """Oldest first; page with ``after_id`` = the last id of the previous page."""
+        query = "SELECT * FROM dead_letters WHERE id > ?"
+        params: tuple[object, ...] = (after_id,)
         if reason is not None:
-            query += " WHERE reason = ?"
-            params = (reason,)
+            query += " AND reason = ?"
+            params = (*params, reason)
         query += " ORDER BY id LIMIT ?"
         async with self.db.execute(query, (*params, limit)) as cursor:
             return [_row(r) for r in await cursor.fetchall()]
+
+    async def remove(self, letter_id: int) -> None:
+        """Forget a dead letter whose content is now stored (a successful replay)."""
+        await self.db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+        await self.db.commit()
+
+    async def refuse_again(self, letter_id: int, reason: str, detail: str) -> None:
+        """A replay failed: keep the letter under the reason it failed with now."""
+        await self.db.execute(
+            "UPDATE dead_letters SET reason = ?, detail = ? WHERE id = ?",
+            (reason, detail, letter_id),
+        )
+        await self.db.commit()
 
     async def get(self, letter_id: int) -> DeadLetter | None:
         async with self.db.execute("SELECT * FROM dead_letters WHERE id = ?", (letter_id,)) as cur:

@@ -1,14 +1,17 @@
 """Turn one MQTT message into line-protocol points, or say precisely why it (or a reading) is refused."""
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pydantic import JsonValue, ValidationError
 
 from collector import wire
-from devices import CatalogError, Reading, check_values
+from devices import CatalogError, KindValues, Reading, check_values
 from pipelines.line_protocol import to_line
+from pipelines.quality import QualityChecker
+from pipelines.site_limits import SiteLimits
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class DecodedReadings:
     seq: int
     lines: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    readings: list[tuple[Reading, KindValues]] = field(default_factory=list)
+    """The stored readings with their checked values (for the derived measurements)."""
     rejections: list[Rejection] = field(default_factory=list)
 
 
@@ -63,8 +68,24 @@ class TimeWindow:
         return None
 
 
+@dataclass
+class Checks:
+    """Everything a reading is checked against beyond the catalog, from the ingest's configuration."""
+
+    window: TimeWindow = field(default_factory=TimeWindow)
+    limits: SiteLimits | None = None
+    quality: QualityChecker | None = None
+    devices: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    """Per (site, gateway), the only devices it may speak for; absent: any."""
+
+
 def decode_readings(
-    topic: str, payload: bytes, *, max_bytes: int, window: TimeWindow | None = None
+    topic: str,
+    payload: bytes,
+    *,
+    max_bytes: int,
+    window: TimeWindow | None = None,
+    checks: Checks | None = None,
 ) -> DecodedReadings:
     """Validate a readings message; MessageRejected if the whole message is unusable.
 
@@ -91,25 +112,61 @@ def decode_readings(
             f"topic names site {site!r} gateway {gateway!r}, payload says site "
             f"{envelope.site!r} gateway {envelope.gateway!r}",
         )
+    if checks is None:
+        checks = Checks(window or TimeWindow())
     decoded = DecodedReadings(site=site, gateway=gateway, seq=envelope.seq)
-    window = window or TimeWindow()
+    check_readings(decoded, envelope.readings, checks)
+    return decoded
+
+
+def check_readings(decoded: DecodedReadings, readings: list[JsonValue], checks: Checks) -> None:
+    """Validate readings spoken by ``decoded``'s site and gateway; add lines and rejections."""
+    site, gateway = decoded.site, decoded.gateway
     now = datetime.now(UTC)
-    for index, raw in enumerate(envelope.readings):
+    window, limits, quality = checks.window, checks.limits, checks.quality
+    allowed = checks.devices.get((site, gateway)) if checks.devices else None
+    for index, raw in enumerate(readings):
         try:
             reading = Reading.model_validate(raw)
-            values = check_values(reading.kind, reading.channel, reading.values)
+            model = limits.model(site, reading.kind) if limits is not None else None
+            values = check_values(reading.kind, reading.channel, reading.values, model)
         except ValidationError as exc:
             decoded.rejections.append(Rejection("bad_reading", _errors(exc), index, raw))
+            continue
         except CatalogError as exc:
-            decoded.rejections.append(Rejection(exc.code, exc.detail, index, raw))
-        else:
-            problem = window.problem(reading, now)
-            if problem is not None:
-                decoded.rejections.append(Rejection(problem.reason, problem.detail, index, raw))
-                continue
-            decoded.lines.append(to_line(site, gateway, reading, values))
-            decoded.kinds.append(reading.kind)
-    return decoded
+            detail = exc.detail
+            if model is not None and exc.code == "invalid_values" and limits is not None:
+                detail += f" [{limits.note(site, reading.kind)}]"
+            decoded.rejections.append(Rejection(exc.code, detail, index, raw))
+            continue
+        if allowed is not None and reading.device not in allowed:
+            decoded.rejections.append(
+                Rejection(
+                    "foreign_device",
+                    f"gateway {gateway!r} of {site!r} may speak for "
+                    f"{', '.join(sorted(allowed)) or 'no device'}, not {reading.device!r} "
+                    f"(validation.sites.{site!r}.gateways.{gateway!r}.devices)",
+                    index,
+                    raw,
+                )
+            )
+            continue
+        problem = window.problem(reading, now)
+        if problem is not None:
+            decoded.rejections.append(Rejection(problem.reason, problem.detail, index, raw))
+            continue
+        flags = (
+            quality.check(
+                (site, gateway, reading.device, reading.kind, reading.channel),
+                reading.time,
+                values,
+            )
+            if quality is not None
+            else None
+        )
+        decoded.lines.append(to_line(site, gateway, reading, values, quality=flags))
+        decoded.kinds.append(reading.kind)
+        decoded.readings.append((reading, values))
 
 
 def _envelope_problem(text: str, exc: ValidationError) -> tuple[str, str]:

@@ -231,7 +231,7 @@ class InfluxWriter:
             else:
                 if response.status_code == 204:
                     self._stats.write_batches += 1
-                    self._stats.last_write_latency_s = time.perf_counter() - started
+                    self._stats.record_write_latency(time.perf_counter() - started)
                     self._influx_down = False
                     return True
                 # 4xx (but 429) will not get better by retrying; 429 and 5xx may.
@@ -271,6 +271,16 @@ class InfluxWriter:
             self._note_spool()
             if not self.spooled:
                 log.info("spool drained: InfluxDB has everything again")
+
+    async def reachable(self) -> str | None:
+        """None if InfluxDB answers its /ping, else what went wrong."""
+        try:
+            response = await self.http.get("/ping", timeout=2.0)
+        except httpx.TransportError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if response.status_code != 204:
+            return f"/ping answered {response.status_code}"
+        return None
 
     @property
     def http(self) -> httpx.AsyncClient:

@@ -45,14 +45,17 @@ def timestamp_ns(moment: datetime) -> int:
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
-def to_line(site: str, gateway: str, reading: Reading, values: KindValues) -> str:
+def to_line(
+    site: str, gateway: str, reading: Reading, values: KindValues, *, quality: str | None = None
+) -> str:
     """One point: measurement = kind; tags = channel tag, device, gateway, site; fields = values.
 
     A point's identity in InfluxDB is measurement + tags + time, so the same
     reading always gives the same line (a retry overwrites itself), and two
     readings differing in site, gateway, device, channel, kind or time never
     collide. Every number is written as a float so that a field's type never
-    conflicts between points.
+    conflicts between points. ``quality`` (pipelines/quality.py flags) becomes
+    the string field ``quality``, on flagged readings only.
     """
     spec = type(values).channel
     key = series_key(
@@ -73,6 +76,8 @@ def to_line(site: str, gateway: str, reading: Reading, values: KindValues) -> st
             fields.append(f'{_field_key(name)}="{escape_string_field(value)}"')
         else:
             fields.append(f"{_field_key(name)}={float(value)!r}")
+    if quality is not None:
+        fields.append(f'quality="{quality}"')
     return f"{key} {','.join(fields)} {timestamp_ns(reading.time)}"
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
@@ -11,7 +12,8 @@ from collector import wire
 from pipelines.acks import Done, InOrderAcks, enable_manual_acks
 from pipelines.config import IngestSettings
 from pipelines.dead_letter import DeadLetterStore
-from pipelines.decode import MessageRejected, TimeWindow, decode_readings
+from pipelines.decode import Checks, MessageRejected, Rejection, TimeWindow, decode_readings
+from pipelines.derive_stream import Deriver
 from pipelines.influx_writer import InfluxError, InfluxWriter, Point, no_op
 from pipelines.line_protocol import (
     HEALTH_MEASUREMENT,
@@ -19,12 +21,24 @@ from pipelines.line_protocol import (
     health_to_lines,
     status_to_line,
 )
+from pipelines.quality import QualityChecker
+from pipelines.quality_history import load_quality_history
 from pipelines.sequence_tracker import Seen, SequenceTracker
+from pipelines.site_limits import SiteLimits
 from pipelines.spool import Spool
 from pipelines.stats import IngestStats
 from pipelines.stats_points import STATS_MEASUREMENT, stats_to_lines
 
 log = logging.getLogger("ecotel.ingest")
+
+
+@dataclass
+class Outcome:
+    """What became of one message: refused whole, or its stored points and refused readings."""
+
+    refused: Rejection | None = None
+    stored: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
 
 
 class IngestService:
@@ -42,10 +56,20 @@ class IngestService:
         self.stats = IngestStats()
         self.connected = asyncio.Event()
         self.sequences = SequenceTracker(shared=settings.mqtt.shared_group is not None)
-        self._window = TimeWindow(
-            settings.validation.earliest_time,
-            timedelta(seconds=settings.validation.max_future_s),
+        validation = settings.validation
+        self.quality = QualityChecker(validation.quality) if validation.quality.enabled else None
+        self.checks = Checks(
+            TimeWindow(validation.earliest_time, timedelta(seconds=validation.max_future_s)),
+            SiteLimits(validation.sites),
+            self.quality,
+            {
+                (site, gateway): frozenset(g.devices)
+                for site, sv in validation.sites.items()
+                for gateway, g in sv.gateways.items()
+                if g.devices is not None
+            },
         )
+        self.acks: InOrderAcks | None = None
         self._dead_letters = DeadLetterStore(settings.dead_letter.path)
         spool = settings.spool
         self._writer = InfluxWriter(
@@ -60,6 +84,7 @@ class IngestService:
             if spool.enabled
             else None,
         )
+        self._derive = Deriver.for_service(settings, self._writer)
 
     async def run(self) -> None:
         mqtt = self.settings.mqtt
@@ -79,9 +104,26 @@ class IngestService:
                 mqtt.session_id,
                 mqtt.shared_group,
             )
-        async with self._dead_letters, self._writer, asyncio.TaskGroup() as tasks:
+        async with self._dead_letters, self._writer, self._derive, asyncio.TaskGroup() as tasks:
+            if self.quality is not None and self.settings.validation.quality.history_s > 0:
+                await load_quality_history(
+                    self.quality, self.settings.influx, self.settings.validation.quality.history_s
+                )
             tasks.create_task(self._log_stats())
+            if self.settings.api.enabled:
+                # Imported here: FastAPI and uvicorn load only when the API is on.
+                from pipelines.api_server import serve_api
+
+                tasks.create_task(serve_api(self))
             await self._consume()
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        return self._dead_letters
+
+    @property
+    def writer(self) -> InfluxWriter:
+        return self._writer
 
     async def wait_idle(self) -> None:
         """Return once everything received so far is written or dead-lettered."""
@@ -103,7 +145,7 @@ class IngestService:
                 # At-least-once: the broker keeps a message until its readings
                 # are in InfluxDB or in the dead-letter store.
                 enable_manual_acks(client)
-                acks = InOrderAcks(client)
+                acks = self.acks = InOrderAcks(client)
                 async with client:
                     # Subscribe on every connect: a consumer that reconnects
                     # but does not resubscribe is the commonest bug of the field.
@@ -127,7 +169,23 @@ class IngestService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def handle(self, topic: str, payload: bytes, done: Done = no_op) -> None:
+    async def submit(self, topic: str, payload: bytes) -> Outcome:
+        """Process one message as if it came from the broker; return once it is durable.
+
+        The HTTP API's ingest: the same decoding, checks and dead letters as MQTT.
+        """
+        done, stored = _durable()
+        outcome = await self.handle(topic, payload, done)
+        await stored
+        return outcome
+
+    async def store_points(self, points: list[Point]) -> None:
+        """Write points (a replay's); return once they are in InfluxDB, the spool or dead letters."""
+        done, stored = _durable()
+        await self._writer.put(points, done)
+        await stored
+
+    async def handle(self, topic: str, payload: bytes, done: Done = no_op) -> Outcome:
         """Process one MQTT message; ``done`` is called once it is durably stored or dead-lettered.
 
         Public so that tests and replays can feed messages directly.
@@ -135,16 +193,13 @@ class IngestService:
         self.stats.messages += 1
         if topic.endswith("/status"):
             await self._handle_status(topic, payload, done)
-            return
+            return Outcome()
         if topic.endswith("/health"):
             await self._handle_health(topic, payload, done)
-            return
+            return Outcome()
         try:
             decoded = decode_readings(
-                topic,
-                payload,
-                max_bytes=self.settings.mqtt.max_message_bytes,
-                window=self._window,
+                topic, payload, max_bytes=self.settings.mqtt.max_message_bytes, checks=self.checks
             )
         except MessageRejected as exc:
             rejection = exc.rejection
@@ -152,7 +207,7 @@ class IngestService:
             log.warning("rejected message on %s: %s: %s", topic, rejection.reason, rejection.detail)
             await self._dead_letters.add_message(topic, payload, rejection.reason, rejection.detail)
             done()
-            return
+            return Outcome(refused=rejection)
         self._track_sequence(decoded.site, decoded.gateway, decoded.seq)
         self.stats.received += len(decoded.lines) + len(decoded.rejections)
         if decoded.rejections:
@@ -172,13 +227,13 @@ class IngestService:
                 topic,
                 [(r.reason, r.detail, r.reading_index, r.reading) for r in decoded.rejections],
             )
-        await self._writer.put(
-            [
-                Point(line, kind, topic)
-                for line, kind in zip(decoded.lines, decoded.kinds, strict=True)
-            ],
-            done,
-        )
+        points = [
+            Point(line, kind, topic)
+            for line, kind in zip(decoded.lines, decoded.kinds, strict=True)
+        ]
+        # Derived measurements (docs/analytics.md): beside the raw points, windows marked once written.
+        await self._writer.put(*self._derive.stream(decoded, topic, points, done))
+        return Outcome(stored=len(decoded.lines), rejections=decoded.rejections)
 
     def _track_sequence(self, site: str, gateway: str, seq: int) -> None:
         before = self.sequences.missing(site, gateway)
@@ -247,6 +302,17 @@ class IngestService:
             await self._writer.put(
                 [Point(line, STATS_MEASUREMENT, "ingest/stats", reading=False) for line in lines]
             )
+
+
+def _durable() -> tuple[Done, "asyncio.Future[None]"]:
+    """A ``done`` callback and the future it resolves."""
+    stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done() -> None:
+        if not stored.done():
+            stored.set_result(None)
+
+    return done, stored
 
 
 def _payload_bytes(payload: object) -> bytes:

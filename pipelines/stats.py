@@ -1,7 +1,10 @@
 """The ingest's counters: what came in, what was stored, what was rejected and why."""
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+
+WRITE_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -26,6 +29,17 @@ class IngestStats:
     """Points put in the disk spool since start because InfluxDB could not take them."""
     spool_points: int = 0
     """Points in the spool now."""
+
+    write_latency_sum_s: float = 0.0
+    write_latency_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(WRITE_LATENCY_BUCKETS_S) + 1)
+    )
+    """Batches per bucket of WRITE_LATENCY_BUCKETS_S (not cumulative), the last one above all."""
+
+    def record_write_latency(self, seconds: float) -> None:
+        self.last_write_latency_s = seconds
+        self.write_latency_sum_s += seconds
+        self.write_latency_counts[bisect_left(WRITE_LATENCY_BUCKETS_S, seconds)] += 1
 
     def count_written(self, kind: str, *, reading: bool = True) -> None:
         self.written_by_kind[kind] += 1

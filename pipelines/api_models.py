@@ -1,0 +1,90 @@
+"""The HTTP API's request and response bodies (pydantic), which its OpenAPI document describes."""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, JsonValue
+
+
+class Problem(BaseModel):
+    """An error: missing or wrong token, unknown dead letter, message too large."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """Ready when the MQTT session is up and InfluxDB answers; ``problems`` says what is not."""
+
+    ready: bool
+    broker: bool
+    influxdb: bool
+    problems: list[str]
+
+
+class ReadingRefusal(BaseModel):
+    index: int | None = Field(description="Position of the reading in the message")
+    reason: str = Field(description="A reason code of docs/wire-contract.md")
+    detail: str
+
+
+class IngestResult(BaseModel):
+    """The message was accepted: ``stored`` readings are durable (InfluxDB or spool); the
+    ``refused`` ones are in the dead-letter store."""
+
+    stored: int
+    refused: list[ReadingRefusal]
+
+
+class MessageRefusal(BaseModel):
+    """The whole message was refused and kept in the dead-letter store."""
+
+    reason: str
+    detail: str
+
+
+class DeadLetterSummary(BaseModel):
+    id: int
+    received_at: datetime
+    topic: str
+    reason: str
+    detail: str
+    reading_index: int | None
+    whole_message: bool = Field(description="True: the exact payload is kept; false: one reading")
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetterSummary]
+    next_after_id: int | None = Field(
+        description="Pass as after_id for the next page; null at the end"
+    )
+
+
+class DeadLetterDetail(DeadLetterSummary):
+    reading: JsonValue = Field(description="The refused reading's JSON, or a refused point's line")
+    payload_text: str | None = Field(description="The message's exact payload when it is UTF-8")
+    payload_base64: str | None = Field(description="The exact payload bytes, base64")
+
+
+class ReplayRequest(BaseModel):
+    """Dead letters to replay: by id, or the oldest ``limit`` of one reason."""
+
+    ids: list[int] = Field(default_factory=list, max_length=1_000)
+    reason: str | None = None
+    limit: int = Field(default=100, ge=1, le=1_000)
+
+
+class ReplayResult(BaseModel):
+    id: int
+    outcome: Literal["stored", "refused", "missing", "not_replayable"]
+    stored: int = Field(description="Readings now written")
+    reason: str | None = Field(description="The reason it was refused now")
+    detail: str | None
+    new_dead_letters: int = Field(description="Readings of a replayed message refused again alone")
+
+
+class ReplayReport(BaseModel):
+    results: list[ReplayResult]
