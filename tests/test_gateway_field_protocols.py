@@ -1,4 +1,5 @@
-"""A gateway polling real byte protocols (SDI-12, DL/T 645) on pseudo-terminals, through broker and ingest into InfluxDB."""
+"""A gateway polling real field protocols (SDI-12, DL/T 645 and Modbus RTU on pseudo-terminals,
+Modbus TCP on loopback), through broker and ingest into InfluxDB."""
 
 import asyncio
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 from collector.config import GatewaySettings
 from collector.gateway import Gateway
 from devices.emulators import dlt645_meter, sdi12_sensor
+from devices.emulators.modbus_device import ModbusEmulator, ModbusUnit
 from devices.emulators.pty_link import open_pty_link
 from pipelines.influx_query import influx_query
 from tests.gateway_harness import GATEWAY, SITE, Harness
@@ -139,3 +141,124 @@ async def test_field_devices_reach_influxdb_and_a_silent_one_is_counted(
     assert gateway.stats.device_errors["meter-dead"] >= 6
     assert set(gateway.stats.device_errors) == {"meter-dead"}
     assert meters[1].requests >= 12, "each failed poll was tried twice"
+
+
+WATER_QUALITY_REGISTERS: list[dict[str, Any]] = [
+    # A probe with its values in input registers: temperature and pH as scaled integers.
+    {
+        "field": "water_temperature",
+        "address": 0,
+        "table": "input",
+        "data_type": "int16",
+        "scale": 0.01,
+    },
+    {"field": "ph", "address": 1, "table": "input", "data_type": "uint16", "scale": 0.01},
+    {"field": "dissolved_oxygen", "address": 2, "table": "input", "data_type": "float32"},
+    {"field": "conductivity", "address": 4, "table": "input", "data_type": "float32"},
+    {"field": "turbidity", "address": 6, "table": "input", "data_type": "float32"},
+]
+
+
+def _modbus_config(harness: Harness, state: Path, tcp_port: int, rtu_port: str) -> dict[str, Any]:
+    rtu = {"type": "modbus_rtu", "port": rtu_port, "timeout_s": 0.2, **PTY_LINE}
+    return {
+        "gateway": {"id": GATEWAY, "site": SITE, "state_dir": str(state), "batch_max_delay_s": 0.1},
+        "broker": {"port": harness.broker.port},
+        "devices": [
+            {
+                "id": "pm-it-1",
+                "kind": "energy_meter",
+                "interval_s": 0.3,
+                "channel": "it_load",
+                "source": {
+                    "type": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "port": tcp_port,
+                    "unit": 1,
+                    "timeout_s": 0.2,
+                    "fields": [
+                        {
+                            "field": "energy_kwh",
+                            "address": 0,
+                            "data_type": "float32",
+                            "word_order": "little",
+                        },
+                        # The meter counts in 100 W.
+                        {
+                            "field": "active_power_kw",
+                            "address": 2,
+                            "data_type": "int16",
+                            "scale": 0.1,
+                        },
+                    ],
+                },
+            },
+            {
+                "id": "wq-1",
+                "kind": "water_quality",
+                "interval_s": 0.3,
+                "source": rtu | {"unit": 1, "fields": WATER_QUALITY_REGISTERS},
+            },
+            {
+                "id": "wq-dead",
+                "kind": "water_quality",
+                "interval_s": 0.3,
+                "source": rtu
+                | {"unit": 2, "timeout_s": 0.1, "retries": 1, "fields": WATER_QUALITY_REGISTERS},
+            },
+        ],
+    }
+
+
+@pytest.mark.slow
+async def test_modbus_devices_reach_influxdb_and_a_silent_one_is_counted(
+    harness: Harness, tmp_path: Path
+) -> None:
+    meter = (
+        ModbusUnit(1)
+        .set("holding", 0, 98765.5, "float32", "little")
+        .set("holding", 2, 8051, "int16")
+    )
+    probe = (
+        ModbusUnit(1)
+        .set("input", 0, 1234, "int16")
+        .set("input", 1, 815, "uint16")
+        .set("input", 2, 7.5, "float32")
+        .set("input", 4, 412.0, "float32")
+        .set("input", 6, 3.25, "float32")
+    )
+    dead = ModbusUnit(2, fault="silent").set("input", 0, 0, "int16")
+    async with (
+        ModbusEmulator([meter]) as tcp,
+        ModbusEmulator([probe, dead], transport="rtu") as rtu,
+    ):
+        settings = GatewaySettings.model_validate(
+            _modbus_config(harness, tmp_path / "state", tcp.port, rtu.path)
+        )
+        gateway = Gateway(settings)
+        task = asyncio.create_task(gateway.run())
+        await asyncio.sleep(3.0)
+        gateway.stop()
+        await task
+
+    await harness.settle(gateway.stats.published)
+    power = await _values(
+        harness, "SELECT energy_kwh, active_power_kw, device, circuit FROM energy_meter"
+    )
+    water = await _values(
+        harness,
+        "SELECT water_temperature, ph, dissolved_oxygen, conductivity, turbidity, device "
+        "FROM water_quality",
+    )
+    # A poll every 0.3 s for ~3 s: the live devices kept their schedule beside the dead one.
+    assert len(power) >= 6
+    assert len(water) >= 6
+    assert {(row[1], row[3], row[4]) for row in power} == {(98765.5, "pm-it-1", "it_load")}
+    assert all(row[2] == pytest.approx(805.1) for row in power)
+    assert {tuple(row[3:]) for row in water} == {(7.5, 412.0, 3.25, "wq-1")}
+    assert all(row[1:3] == [pytest.approx(12.34), pytest.approx(8.15)] for row in water)
+    assert len(power) + len(water) == gateway.stats.polled
+    # Every poll of the silent unit failed (after its retry), counted for it alone.
+    assert gateway.stats.device_errors["wq-dead"] >= 6
+    assert set(gateway.stats.device_errors) == {"wq-dead"}
+    assert dead.requests >= 12, "each failed poll was tried twice"
