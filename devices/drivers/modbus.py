@@ -73,7 +73,19 @@ def decode_registers(registers: Sequence[int], data_type: DataType, word_order: 
     words = registers if word_order == "big" else registers[::-1]
     raw = b"".join(word.to_bytes(2, "big") for word in words)
     (value,) = struct.unpack(f">{_STRUCT[data_type]}", raw)
+    if data_type == "float32" and math.isfinite(value):
+        return _shortest_float32(float(value), raw)
     return float(value)
+
+
+def _shortest_float32(value: float, raw: bytes) -> float:
+    # 1020.9 sent as float32 is 1020.9000244140625 as a float64; the device meant 1020.9, the
+    # shortest decimal that is the same float32.
+    for digits in range(6, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack(">f", candidate) == raw:
+            return candidate
+    return value
 
 
 def encode_registers(value: float, data_type: DataType, word_order: WordOrder) -> list[int]:
