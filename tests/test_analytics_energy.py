@@ -1,5 +1,6 @@
 """Counter intervals (rollover, replacement), window energy, PUE categories, PUE and REF per window."""
 
+import math
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -16,12 +17,14 @@ from pipelines.analytics.energy import (
     MeterConfig,
     PueCategory,
     Window,
+    efficiency_ratio,
     interval_energies,
     interval_energy,
     pue_category,
     pue_for_window,
     pue_series,
     ref_for_window,
+    total_energy,
     window_bounds,
     window_energy,
 )
@@ -240,3 +243,40 @@ def test_pue_is_never_below_one_when_the_facility_includes_the_it_load(
     )
     assert result.pue is not None
     assert result.pue >= 1.0
+
+
+def test_several_meters_sum_and_one_gap_blanks_the_sum() -> None:
+    pdu_a = window_energy(
+        interval_energies(_counter(0.0, 10.0, 12), METER), _at(0), _at(60), meter="pdu-a"
+    )
+    pdu_b = window_energy(
+        interval_energies(_counter(50.0, 5.0, 12), METER), _at(0), _at(60), meter="pdu-b"
+    )
+    both = total_energy([pdu_a, pdu_b], start=_at(0), end=_at(60))
+    assert both.energy_kwh == pytest.approx(180.0)
+    short = window_energy(
+        interval_energies(_counter(0.0, 5.0, 6), METER), _at(0), _at(60), meter="pdu-c"
+    )
+    blank = total_energy([pdu_a, short], start=_at(0), end=_at(60))
+    assert blank.energy_kwh is None
+    assert [i.meter for i in blank.issues] == ["pdu-c"]
+
+
+def test_partial_pue_of_a_zone_and_wue() -> None:
+    # Zone: IT 120 kWh and its cooling 30 kWh in the hour -> pPUE (120 + 30) / 120 = 1.25.
+    it = window_energy(
+        interval_energies(_counter(0.0, 10.0, 12), METER), _at(0), _at(60), meter="it"
+    )
+    cooling = window_energy(
+        interval_energies(_counter(0.0, 2.5, 12), METER), _at(0), _at(60), meter="cooling"
+    )
+    zone = total_energy([it, cooling], start=_at(0), end=_at(60))
+    ppue, issues = efficiency_ratio(zone, it, denominator_meter="it", low=1.0, high=math.inf)
+    assert ppue == pytest.approx(1.25)
+    assert issues == ()
+    # WUE: 216 L of water for 120 kWh of IT energy = 1.8 L/kWh.
+    water = window_energy(
+        interval_energies(_counter(0.0, 18.0, 12), METER), _at(0), _at(60), meter="water"
+    )
+    wue, _ = efficiency_ratio(water, it, denominator_meter="it", low=0.0, high=math.inf)
+    assert wue == pytest.approx(1.8)

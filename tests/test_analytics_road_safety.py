@@ -13,6 +13,7 @@ from pipelines.analytics.road_safety import (
     CongestionThresholds,
     IcingLevel,
     IcingReason,
+    LaneCount,
     VisibilityTier,
     congestion_level,
     dew_point,
@@ -21,6 +22,7 @@ from pipelines.analytics.road_safety import (
     lane_flow_rate,
     low_visibility_rule,
     road_icing_risk,
+    site_flow,
 )
 
 
@@ -161,3 +163,38 @@ def test_congestion_thresholds_are_configurable_and_checked() -> None:
         CongestionThresholds(moderate_from=30, heavy_from=20)
     with pytest.raises(ValueError, match="occupancy"):
         congestion_level(101)
+
+
+def _lane(lane: str, volume: float, occupancy: float, interval_s: float = 300) -> LaneCount:
+    return LaneCount(lane=lane, interval_s=interval_s, volume=volume, occupancy=occupancy)
+
+
+def test_site_flow_sums_lane_rates_over_a_complete_window() -> None:
+    # 15 min = three 5-min counts per lane: lane 1 carries 100+110+90 = 300 veh -> 1200 veh/h,
+    # lane 2 carries 50 * 3 = 150 veh -> 600 veh/h.
+    counts = [_lane("1", v, 10.0) for v in (100, 110, 90)] + [_lane("2", 50, 22.0)] * 3
+    flow = site_flow(counts, 900)
+    assert flow.flow_vph == pytest.approx(1_800)
+    assert flow.vehicles == 450
+    assert flow.lanes == 2
+    assert flow.coverage == pytest.approx(1.0)
+    assert flow.mean_occupancy == pytest.approx(16.0)
+    assert flow.congestion_level is CongestionLevel.MODERATE
+    assert flow.complete
+
+
+def test_a_missing_count_lowers_coverage_not_the_rate() -> None:
+    counts = [_lane("1", 100, 10.0), _lane("1", 100, 10.0), _lane("2", 50, 5.0)] + [
+        _lane("2", 50, 5.0)
+    ] * 2
+    flow = site_flow(counts, 900)
+    assert flow.flow_vph == pytest.approx(1_200 + 600)  # lane 1: 200 veh in 600 s
+    assert flow.coverage == pytest.approx(600 / 900)
+    assert not flow.complete
+
+
+def test_site_flow_refuses_an_empty_window_and_bad_counts() -> None:
+    with pytest.raises(ValueError, match="no lane reading"):
+        site_flow([], 900)
+    with pytest.raises(ValueError, match="occupancy"):
+        site_flow([_lane("1", 1, 120.0)], 900)

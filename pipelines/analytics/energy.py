@@ -326,7 +326,17 @@ class RefResult(BaseModel):
         return self.ref is not None
 
 
-def _ratio(
+def total_energy(parts: Sequence[WindowEnergy], *, start: datetime, end: datetime) -> WindowEnergy:
+    """Sum of several meters' energy over one window (several PDUs, a zone's circuits); None if any is."""
+    if not parts:
+        raise ValueError("no meter to sum")
+    issues = tuple(issue for part in parts for issue in part.issues)
+    known = [p.energy_kwh for p in parts if p.energy_kwh is not None]
+    energy = math.fsum(known) if not issues and len(known) == len(parts) else None
+    return WindowEnergy(start=_utc(start), end=_utc(end), energy_kwh=energy, issues=issues)
+
+
+def efficiency_ratio(
     numerator: WindowEnergy,
     denominator: WindowEnergy,
     *,
@@ -334,6 +344,7 @@ def _ratio(
     low: float,
     high: float,
 ) -> tuple[float | None, tuple[Issue, ...]]:
+    """numerator / denominator energy when both are known and the ratio lies in [low, high]."""
     issues = numerator.issues + denominator.issues
     if issues or numerator.energy_kwh is None or denominator.energy_kwh is None:
         return None, issues
@@ -366,7 +377,9 @@ def pue_for_window(
     start, end = window_bounds(at, window, tz)
     total = window_energy(facility, start, end, meter="utility", max_split=max_split)
     it_energy = window_energy(it, start, end, meter=it_circuit, max_split=max_split)
-    pue, issues = _ratio(total, it_energy, denominator_meter=it_circuit, low=1.0, high=math.inf)
+    pue, issues = efficiency_ratio(
+        total, it_energy, denominator_meter=it_circuit, low=1.0, high=math.inf
+    )
     return PueResult(
         start=start,
         end=end,
@@ -396,7 +409,7 @@ def ref_for_window(
     start, end = window_bounds(at, window, tz)
     green = window_energy(renewable, start, end, meter="renewable", max_split=max_split)
     total = window_energy(facility, start, end, meter="utility", max_split=max_split)
-    ref, issues = _ratio(green, total, denominator_meter="utility", low=0.0, high=1.0)
+    ref, issues = efficiency_ratio(green, total, denominator_meter="utility", low=0.0, high=1.0)
     return RefResult(
         start=start,
         end=end,

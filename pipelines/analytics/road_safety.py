@@ -226,3 +226,70 @@ def congestion_level(
     if occupancy_percent >= thresholds.moderate_from:
         return CongestionLevel.MODERATE
     return CongestionLevel.FREE
+
+
+class LaneCount(BaseModel):
+    """One lane reading inside a window: its lane key, counting interval, count and occupancy."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    lane: str
+    interval_s: float
+    volume: float
+    occupancy: float
+
+
+class SiteFlow(BaseModel):
+    """Traffic of one site over one window, summed over its lanes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    flow_vph: float
+    """Sum over the lanes of each lane's vehicles per hour over the time its readings cover."""
+    vehicles: float
+    lanes: int
+    coverage: float
+    """The least lane coverage: counted seconds / window seconds, at most 1."""
+    mean_occupancy: float
+    """Occupancy averaged over lanes and time, weighted by each reading's interval (%)."""
+    congestion_level: CongestionLevel
+    complete: bool
+    """Every lane's readings cover the window to within half its shortest counting interval."""
+
+
+def site_flow(
+    counts: list[LaneCount],
+    window_s: float,
+    thresholds: CongestionThresholds = DEFAULT_CONGESTION,
+) -> SiteFlow:
+    """Per-site flow of one window from the lane readings stamped inside it.
+
+    A lane's rate is its vehicles over the seconds its readings cover, so a
+    missing reading lowers coverage (and ``complete``), not the rate.
+    """
+    if not counts:
+        raise ValueError("no lane reading in the window")
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s!r}")
+    covered: dict[str, float] = {}
+    vehicles: dict[str, float] = {}
+    shortest: dict[str, float] = {}
+    for c in counts:
+        flow_rate_per_hour(c.volume, c.interval_s)  # checks volume and interval
+        congestion_level(c.occupancy, thresholds)  # checks occupancy
+        covered[c.lane] = covered.get(c.lane, 0.0) + c.interval_s
+        vehicles[c.lane] = vehicles.get(c.lane, 0.0) + c.volume
+        shortest[c.lane] = min(shortest.get(c.lane, math.inf), c.interval_s)
+    flow = math.fsum(vehicles[lane] * 3_600 / covered[lane] for lane in covered)
+    weight = math.fsum(c.interval_s for c in counts)
+    occupancy = math.fsum(c.occupancy * c.interval_s for c in counts) / weight
+    complete = all(covered[lane] >= window_s - shortest[lane] / 2 for lane in covered)
+    return SiteFlow(
+        flow_vph=flow,
+        vehicles=math.fsum(vehicles.values()),
+        lanes=len(covered),
+        coverage=min(1.0, min(covered.values()) / window_s),
+        mean_occupancy=occupancy,
+        congestion_level=congestion_level(min(100.0, occupancy), thresholds),
+        complete=complete,
+    )

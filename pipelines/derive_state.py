@@ -1,0 +1,87 @@
+"""The windows waiting for recomputation, on disk: a restart of the ingest forgets none of them.
+
+A window is marked once its raw readings are in InfluxDB and before their
+messages are acknowledged; it is cleared only if nobody marked it again while
+it was being recomputed (the version column).
+"""
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from collector.durable_sqlite import DurableSqlite
+from pipelines.analytics.energy import Window
+from pipelines.line_protocol import timestamp_ns
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dirty (
+    family TEXT NOT NULL,
+    site TEXT NOT NULL,
+    window TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    since REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (family, site, window, start_ns)
+);
+"""
+
+
+@dataclass(frozen=True, order=True)
+class WindowKey:
+    """One window of one site's figures: ``family`` is "datacenter" or "traffic"."""
+
+    family: str
+    site: str
+    window: Window
+    start: datetime
+
+
+def _from_ns(ns: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1_000)
+
+
+class DirtyWindows(DurableSqlite):
+    """Windows touched by readings since they were last recomputed."""
+
+    schema = _SCHEMA
+
+    async def mark(self, keys: set[WindowKey]) -> None:
+        """Mark windows dirty (one transaction); an already dirty one keeps its ``since``."""
+        if not keys:
+            return
+        now = time.time()
+        await self.db.executemany(
+            "INSERT INTO dirty (family, site, window, start_ns, since) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO UPDATE SET version = version + 1",
+            [(k.family, k.site, k.window.value, timestamp_ns(k.start), now) for k in keys],
+        )
+        await self.db.commit()
+
+    async def due(self, delays: dict[Window, timedelta]) -> list[tuple[WindowKey, int]]:
+        """Windows dirty for at least their delay, with the version seen; oldest windows first."""
+        now = time.time()
+        found = []
+        async with self.db.execute(
+            "SELECT family, site, window, start_ns, since, version FROM dirty "
+            "ORDER BY start_ns, window"
+        ) as cur:
+            async for family, site, window, start_ns, since, version in cur:
+                if since + delays[Window(window)].total_seconds() <= now:
+                    key = WindowKey(family, site, Window(window), _from_ns(start_ns))
+                    found.append((key, int(version)))
+        return found
+
+    async def clear(self, key: WindowKey, version: int) -> bool:
+        """Forget a recomputed window unless it was marked again meanwhile; True if forgotten."""
+        cur = await self.db.execute(
+            "DELETE FROM dirty WHERE family = ? AND site = ? AND window = ? AND start_ns = ? "
+            "AND version = ?",
+            (key.family, key.site, key.window.value, timestamp_ns(key.start), version),
+        )
+        await self.db.commit()
+        return cur.rowcount > 0
+
+    async def count(self) -> int:
+        async with self.db.execute("SELECT count(*) FROM dirty") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0

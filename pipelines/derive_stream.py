@@ -1,0 +1,171 @@
+"""Derived measurements in the ingest's stream: per-reading points beside the raw ones, and
+a recomputer for the windows the written readings touched (docs/analytics.md)."""
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from pipelines.analytics.energy import Window
+from pipelines.config import IngestSettings
+from pipelines.decode import DecodedReadings
+from pipelines.derive_config import DeriveSettings
+from pipelines.derive_points import derived_line
+from pipelines.derive_state import DirtyWindows, WindowKey
+from pipelines.derive_windows import WindowDeriver, keys_for_reading
+from pipelines.influx_writer import Done, InfluxError, InfluxWriter
+from pipelines.points import Point
+
+log = logging.getLogger("ecotel.ingest.derive")
+
+DERIVE_TOPIC = "ecotel/derive"
+"""The topic recorded with derived window points (for counting and dead-lettering)."""
+
+_TICK_S = 0.5
+_RETRY_S = 2.0
+
+
+async def write_and_wait(writer: InfluxWriter, points: list[Point]) -> None:
+    """Put points through the ingest's writer and return once they are written or refused."""
+    finished = asyncio.get_running_loop().create_future()
+
+    def done() -> None:
+        if not finished.done():
+            finished.set_result(None)
+
+    await writer.put(points, done)
+    await finished
+
+
+class Deriver:
+    """The ingest's hook: ``stream`` adds derived points to a message's batch and defers its
+    acknowledgement until the windows it touched are durably marked for recomputation."""
+
+    def __init__(
+        self, settings: DeriveSettings, ingest: IngestSettings, writer: InfluxWriter, state: Path
+    ) -> None:
+        self.settings = settings
+        self.windows = WindowDeriver(settings, ingest.influx)
+        self._writer = writer
+        self._state = DirtyWindows(state)
+        self._written: list[tuple[set[WindowKey], Done]] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.recomputed = 0
+
+    @classmethod
+    def for_service(cls, settings: IngestSettings, writer: InfluxWriter) -> Self:
+        derive = settings.derive
+        path = derive.state_for(settings.mqtt.worker, settings.dead_letter.path)
+        return cls(derive, settings, writer, path)
+
+    async def __aenter__(self) -> Self:
+        if self.settings.enabled:
+            await self._state.__aenter__()
+            pending = await self._state.count()
+            if pending:
+                log.info(
+                    "derive: %d windows marked before the last stop wait for recomputation", pending
+                )
+            self._tasks = [
+                asyncio.create_task(self._commit_marks(), name="derive-marks"),
+                asyncio.create_task(self._recompute(), name="derive-recompute"),
+            ]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.settings.enabled:
+            await self._state.__aexit__(None, None, None)
+
+    def stream(
+        self, decoded: DecodedReadings, topic: str, points: list[Point], done: Done
+    ) -> tuple[list[Point], Done]:
+        """The message's points plus its derived ones, and the ``done`` to give the writer."""
+        if not self.settings.enabled:
+            return points, done
+        site, gateway = decoded.site, decoded.gateway
+        keys: set[WindowKey] = set()
+        for reading, values in decoded.readings:
+            line = derived_line(
+                site=site,
+                gateway=gateway,
+                device=reading.device,
+                channel=reading.channel,
+                time=reading.time,
+                values=values,
+                thresholds=self.settings.congestion,
+            )
+            if line is not None:
+                points.append(Point(line, line.split(",", 1)[0], topic, reading=False))
+            keys |= keys_for_reading(
+                self.settings, site, reading.kind, reading.device, reading.time
+            )
+        if not keys:
+            return points, done
+
+        def written() -> None:
+            # Raw points are in InfluxDB now: mark, then acknowledge (in _commit_marks).
+            self._written.append((keys, done))
+            self._wake.set()
+
+        return points, written
+
+    async def _commit_marks(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._written = self._written, []
+            keys: set[WindowKey] = set().union(*(k for k, _ in batch))
+            while True:
+                try:
+                    await self._state.mark(keys)
+                    break
+                except Exception:  # a disk problem: hold the acks and retry
+                    log.exception("derive: cannot mark windows in %s; retrying", self._state.path)
+                    await asyncio.sleep(_RETRY_S)
+            for _, done in batch:
+                done()
+
+    async def _recompute(self) -> None:
+        delays = {w: self.settings.delays.of(w) for w in Window}
+        while True:
+            await asyncio.sleep(_TICK_S)
+            # Raw readings still in the spool are not in InfluxDB yet: wait for them.
+            if self._writer.spooled:
+                continue
+            try:
+                for key, version in await self._state.due(delays):
+                    await self.recompute(key)
+                    await self._state.clear(key, version)
+            except (InfluxError, httpx.HTTPError) as exc:
+                log.warning("derive: recomputation waits for InfluxDB (%s)", exc)
+                await asyncio.sleep(_RETRY_S)
+
+    async def recompute(self, key: WindowKey) -> None:
+        """Compute one window from InfluxDB and write it (deleting a stale figure first)."""
+        started = time.perf_counter()
+        out = await self.windows.compute(key)
+        for measurement, tags, at in out.deletes:
+            await self.windows.delete(measurement, tags, at)
+        if out.lines:
+            await write_and_wait(
+                self._writer,
+                [
+                    Point(line, line.split(",", 1)[0], DERIVE_TOPIC, reading=False)
+                    for line in out.lines
+                ],
+            )
+        self.recomputed += 1
+        log.debug("derive: %s recomputed in %.1f ms", key, (time.perf_counter() - started) * 1e3)
