@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from collector.settings_loader import ConfigError, build_settings
-from pipelines.config import IngestSettings, for_worker, load_ingest_config
+from pipelines.config import IngestSettings, SpoolSettings, for_worker, load_ingest_config
 from pipelines.dead_letter import DeadLetter, DeadLetterStore
 from pipelines.service import IngestService
 from pipelines.supervisor import Supervisor
@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     show = dl_sub.add_parser("show", help="everything kept of one dead letter")
     show.add_argument("id", type=int)
     dl_sub.add_parser("counts", help="dead letters per reason")
+    again = dl_sub.add_parser(
+        "replay",
+        help="run dead letters through today's checks again; store what passes",
+        description="Re-validate dead letters with the current configuration (after a fix) and "
+        "write what passes to InfluxDB: those are removed from the store; what fails again "
+        "stays, under its new reason. Sequence numbers are not counted again.",
+    )
+    again.add_argument("ids", type=int, nargs="*", help="dead letter ids")
+    again.add_argument("--reason", help="replay the oldest --limit letters of this reason")
+    again.add_argument("--limit", type=int, default=100)
     return parser
 
 
@@ -205,6 +215,8 @@ async def _dead_letters(settings: IngestSettings, args: argparse.Namespace) -> i
     if not path.exists():
         print(f"no dead-letter store at {path}", file=sys.stderr)
         return 1
+    if args.action == "replay":
+        return await _replay(settings, args)
     async with DeadLetterStore(path) as store:
         if args.action == "counts":
             for reason, count in (await store.counts()).items():
@@ -225,6 +237,34 @@ async def _dead_letters(settings: IngestSettings, args: argparse.Namespace) -> i
                 return 1
             print(json.dumps(_as_json(found), indent=2, ensure_ascii=False))
     return 0
+
+
+async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
+    from pipelines.replay import replay
+
+    if not args.ids and args.reason is None:
+        print("ecotel-ingest: name dead letter ids, or --reason", file=sys.stderr)
+        return 2
+    # No spool: a running ingest may be draining its own; these writes wait for InfluxDB.
+    service = IngestService(settings.model_copy(update={"spool": SpoolSettings(enabled=False)}))
+    refused = 0
+    async with service.dead_letters, service.writer:
+        ids = list(args.ids)
+        if not ids:
+            letters = await service.dead_letters.list(reason=args.reason, limit=args.limit)
+            ids = [letter.id for letter in letters]
+        for letter_id in ids:
+            result = await replay(service, letter_id)
+            refused += result.outcome != "stored"
+            line = f"{result.id:6d}  {result.outcome:<14}"
+            if result.outcome == "stored":
+                line += f" {result.stored} readings stored"
+                if result.new_dead_letters:
+                    line += f", {result.new_dead_letters} refused again as new dead letters"
+            elif result.reason is not None:
+                line += f" {result.reason}: {(result.detail or '')[:100]}"
+            print(line)
+    return 1 if refused else 0
 
 
 def _as_json(letter: DeadLetter) -> dict[str, object]:

@@ -136,7 +136,9 @@ def check_readings(decoded: DecodedReadings, readings: list[JsonValue], checks: 
         except CatalogError as exc:
             detail = exc.detail
             if model is not None and exc.code == "invalid_values" and limits is not None:
-                detail += f" [{limits.note(site, reading.kind)}]"
+                note = limits.note(site, reading.kind, detail)
+                if note is not None:
+                    detail += f" [site limit {note}]"
             decoded.rejections.append(Rejection(exc.code, detail, index, raw))
             continue
         if allowed is not None and reading.device not in allowed:

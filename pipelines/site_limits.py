@@ -20,30 +20,33 @@ class SiteLimits:
 
     def __init__(self, sites: dict[str, SiteValidation]) -> None:
         self._models: dict[tuple[str, str], type[KindValues]] = {}
-        self._notes: dict[tuple[str, str], str] = {}
+        self._notes: dict[tuple[str, str], dict[str, str]] = {}
         for site, validation in sites.items():
             for kind, quantities in validation.limits.items():
                 if quantities:
                     self._models[site, kind] = _narrowed(KINDS[kind], quantities)
-                    ranges = ", ".join(
-                        f"{name} {_bound(low)}..{_bound(high)}"
+                    self._notes[site, kind] = {
+                        name: f"validation.sites.{site!r}.limits.{kind}.{name} = "
+                        f"[{_bound(low)}, {_bound(high)}]"
                         for name, (low, high) in quantities.items()
-                    )
-                    self._notes[site, kind] = (
-                        f"site limits of validation.sites.{site!r}.limits.{kind}: {ranges}"
-                    )
+                    }
 
     def model(self, site: str, kind: str) -> type[KindValues] | None:
         """The site's own model of ``kind``, or None for the catalog's."""
         return self._models.get((site, kind)) if self._models else None
 
-    def note(self, site: str, kind: str) -> str:
-        """Where a site's model came from, for a refusal's detail."""
-        return self._notes[site, kind]
+    def note(self, site: str, kind: str, detail: str) -> str | None:
+        """The site's settings a refusal's ``detail`` is about, naming their keys; None if none."""
+        keys = [
+            key
+            for name, key in self._notes[site, kind].items()
+            if detail.startswith(f"{name}:") or f"; {name}:" in detail
+        ]
+        return "; ".join(keys) if keys else None
 
 
 def _bound(value: float | None) -> str:
-    return "catalog" if value is None else f"{value:g}"
+    return "catalog" if value is None else repr(value)
 
 
 def _narrowed(
