@@ -1,0 +1,7 @@
+"""``python -m deploy.traces``: the ecotel-trace command."""
+
+import sys
+
+from deploy.traces.cli import main
+
+sys.exit(main())

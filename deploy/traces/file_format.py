@@ -1,0 +1,284 @@
+"""The trace file: gzip members of JSON lines, a header line then one line per MQTT message (docs/traces.md)."""
+
+import base64
+import gzip
+import json
+import os
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Self
+
+FORMAT_VERSION = 1
+SUFFIX = ".trace.gz"
+_CHUNK = 1 << 20
+# A member is written once this much is buffered, or when the writer is flushed.
+_MEMBER_BYTES = 256 * 1024
+
+JsonDict = dict[str, Any]
+
+
+class TraceError(Exception):
+    """A file that is not an ecotel trace, or a line in it that cannot be read."""
+
+
+def ecotel_version() -> str:
+    try:
+        return metadata.version("ecotel")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRecord:
+    """One MQTT message as it arrived: when (us since the epoch, UTC), where, the exact bytes."""
+
+    t_us: int
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    props: JsonDict | None = None
+
+    @property
+    def arrived(self) -> datetime:
+        return datetime.fromtimestamp(self.t_us / 1e6, UTC)
+
+    def to_json(self) -> JsonDict:
+        line: JsonDict = {"t": self.t_us, "topic": self.topic, "qos": self.qos}
+        if self.retain:
+            line["retain"] = True
+        try:
+            # Text when it is UTF-8 (so `zcat | grep` works); strict UTF-8 round-trips exactly.
+            line["payload"] = self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            line["payload_b64"] = base64.b64encode(self.payload).decode("ascii")
+        if self.props:
+            line["props"] = self.props
+        return line
+
+    @classmethod
+    def from_json(cls, line: JsonDict) -> Self:
+        if "payload" in line:
+            payload = str(line["payload"]).encode("utf-8")
+        else:
+            payload = base64.b64decode(line["payload_b64"], validate=True)
+        return cls(
+            t_us=int(line["t"]),
+            topic=str(line["topic"]),
+            payload=payload,
+            qos=int(line.get("qos", 0)),
+            retain=bool(line.get("retain", False)),
+            props=line.get("props") or None,
+        )
+
+
+@dataclass(frozen=True)
+class TraceHeader:
+    """Where and when a recording began; every file (and every appended session) starts with one."""
+
+    broker: str
+    filters: list[str]
+    started_at: datetime
+    source: str = "record"
+    ecotel_version: str = field(default_factory=ecotel_version)
+    part: int | None = None
+    note: str | None = None
+
+    def to_json(self) -> JsonDict:
+        line: JsonDict = {
+            "ecotel_trace": FORMAT_VERSION,
+            "broker": self.broker,
+            "filters": self.filters,
+            "started_at": self.started_at.astimezone(UTC).isoformat(),
+            "source": self.source,
+            "ecotel_version": self.ecotel_version,
+        }
+        if self.part is not None:
+            line["part"] = self.part
+        if self.note:
+            line["note"] = self.note
+        return line
+
+    @classmethod
+    def from_json(cls, line: JsonDict) -> Self:
+        version = line.get("ecotel_trace")
+        if version != FORMAT_VERSION:
+            raise TraceError(
+                f"trace format {version!r} is not supported (this reads {FORMAT_VERSION})"
+            )
+        return cls(
+            broker=str(line.get("broker", "")),
+            filters=[str(f) for f in line.get("filters", [])],
+            started_at=datetime.fromisoformat(str(line["started_at"])),
+            source=str(line.get("source", "record")),
+            ecotel_version=str(line.get("ecotel_version", "unknown")),
+            part=line.get("part"),
+            note=line.get("note"),
+        )
+
+
+class TraceWriter:
+    """Append-only writer: each flush is one complete gzip member, so a crash costs only the buffer.
+
+    Blocking file I/O; async callers run ``flush`` and ``close`` in a thread.
+    """
+
+    def __init__(self, path: Path, header: TraceHeader, *, append: bool = False) -> None:
+        self.path = path
+        if not append and path.exists():
+            raise TraceError(f"{path} exists; pass --append to add to it, or choose another name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("ab")
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self.records = 0
+        self.opened_at = time.monotonic()
+        self._add(header.to_json())
+        self.flush()
+
+    member_bytes = _MEMBER_BYTES
+
+    def _add(self, line: JsonDict) -> None:
+        data = json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        self._buffer.append(data)
+        self._buffered += len(data)
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    def buffer(self, record: TraceRecord) -> None:
+        """Add a record to the buffer without writing (async callers flush via take/write_member)."""
+        self._add(record.to_json())
+        self.records += 1
+
+    def write(self, record: TraceRecord) -> None:
+        self.buffer(record)
+        if self._buffered >= self.member_bytes:
+            self.flush()
+
+    def take(self) -> bytes:
+        """Empty the buffer and return its lines (cheap: call it on the event loop)."""
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        return data
+
+    def write_member(self, data: bytes) -> None:
+        """Compress ``data`` into one gzip member, append it and push it to disk (blocking)."""
+        if not data:
+            return
+        self._file.write(gzip.compress(data, compresslevel=6, mtime=0))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def flush(self) -> None:
+        """Write what is buffered as one gzip member and push it to disk."""
+        self.write_member(self.take())
+
+    @property
+    def size(self) -> int:
+        """Compressed bytes on disk so far."""
+        return self._file.tell()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self.flush()
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def part_path(path: Path, part: int) -> Path:
+    """``site.trace.gz`` part 3 -> ``site-0003.trace.gz`` (names that sort in recording order)."""
+    name = path.name
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else path.stem
+    suffix = SUFFIX if name.endswith(SUFFIX) else path.suffix
+    return path.with_name(f"{stem}-{part:04d}{suffix}")
+
+
+@dataclass
+class ReadStats:
+    """What reading a trace found beside its records."""
+
+    headers: list[TraceHeader] = field(default_factory=list)
+    truncated: list[Path] = field(default_factory=list)
+
+
+def _lines(path: Path, stats: ReadStats) -> Iterator[bytes]:
+    """The decompressed lines of every gzip member; a truncated last member yields its whole lines."""
+    pending = b""
+    decomp = zlib.decompressobj(wbits=31)
+    member_started = False
+    with path.open("rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            while chunk:
+                try:
+                    data = decomp.decompress(chunk)
+                except zlib.error as exc:
+                    raise TraceError(f"{path}: not a gzip trace ({exc})") from None
+                member_started = True
+                pending += data
+                *whole, pending = pending.split(b"\n")
+                yield from whole
+                if decomp.eof:
+                    chunk = decomp.unused_data
+                    decomp = zlib.decompressobj(wbits=31)
+                    member_started = False
+                else:
+                    chunk = b""
+    if member_started or pending:
+        # Killed while writing a member: keep its complete lines, say so, drop the rest.
+        tail = decomp.flush() if member_started else b""
+        pending += tail
+        *whole, pending = pending.split(b"\n")
+        yield from whole
+        stats.truncated.append(path)
+
+
+def read_trace(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterator[TraceRecord]:
+    """Every record of the files, in file order; headers and truncation go to ``stats``."""
+    stats = stats if stats is not None else ReadStats()
+    for path in paths:
+        first = True
+        for number, raw in enumerate(_lines(path, stats), start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                if "ecotel_trace" in line:
+                    stats.headers.append(TraceHeader.from_json(line))
+                elif first:
+                    raise TraceError("the first line is not a trace header")
+                else:
+                    yield TraceRecord.from_json(line)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise TraceError(f"{path}: line {number}: {exc}") from None
+            first = False
+
+
+def load_trace(paths: Iterable[Path]) -> tuple[list[TraceRecord], ReadStats]:
+    stats = ReadStats()
+    records = list(read_trace(paths, stats))
+    return records, stats
+
+
+def write_trace(path: Path, header: TraceHeader, records: Iterable[TraceRecord]) -> int:
+    """Write a whole trace file at once; returns the number of records."""
+    with TraceWriter(path, header) as writer:
+        for record in records:
+            writer.write(record)
+        return writer.records

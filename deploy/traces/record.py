@@ -1,0 +1,193 @@
+"""Record: subscribe to topic filters on a broker and stream every message into a trace file."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from collector.config import BrokerSettings
+from deploy.traces.broker import MqttVersion, broker_url, client_tls, make_client
+from deploy.traces.file_format import TraceHeader, TraceRecord, TraceWriter, part_path
+from deploy.traces.mqtt_properties import properties_to_json
+
+log = logging.getLogger("ecotel.trace.record")
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    filters: list[str]
+    out: Path
+    version: MqttVersion = "5"
+    qos: int = 2
+    """Subscription QoS; 2 keeps each message's own QoS (the broker delivers min(publish, sub))."""
+    append: bool = False
+    rotate_bytes: int | None = None
+    rotate_s: float | None = None
+    flush_interval_s: float = 1.0
+    max_messages: int | None = None
+    note: str | None = None
+
+
+@dataclass
+class RecordStats:
+    messages: int = 0
+    payload_bytes: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+class _RotatingWriter:
+    """One TraceWriter at a time; a new numbered part once the current one is big or old enough."""
+
+    def __init__(self, options: RecordOptions, broker: str, stats: RecordStats) -> None:
+        self.options = options
+        self.broker = broker
+        self.stats = stats
+        self.rotating = options.rotate_bytes is not None or options.rotate_s is not None
+        self.part = 0
+        self.writer: TraceWriter | None = None
+        self._lock = asyncio.Lock()
+
+    def _path(self) -> Path:
+        return part_path(self.options.out, self.part) if self.rotating else self.options.out
+
+    def _open(self) -> TraceWriter:
+        self.part += 1
+        header = TraceHeader(
+            broker=self.broker,
+            filters=self.options.filters,
+            started_at=datetime.now(UTC),
+            part=self.part if self.rotating else None,
+            note=self.options.note,
+        )
+        writer = TraceWriter(self._path(), header, append=self.options.append)
+        self.stats.files.append(writer.path)
+        return writer
+
+    async def open(self) -> None:
+        self.writer = await asyncio.to_thread(self._open)
+
+    def write(self, record: TraceRecord) -> None:
+        assert self.writer is not None
+        self.writer.buffer(record)
+
+    async def flush(self) -> None:
+        """Write the buffer as one member (in a thread; the lock keeps members in order); rotate."""
+        async with self._lock:
+            writer = self.writer
+            if writer is None:
+                return
+            data = writer.take()
+            if data:
+                await asyncio.to_thread(writer.write_member, data)
+            if self.rotating and self._due(writer):
+                await asyncio.to_thread(writer.close)
+                self.writer = await asyncio.to_thread(self._open)
+
+    def _due(self, writer: TraceWriter) -> bool:
+        opts = self.options
+        if opts.rotate_bytes is not None and writer.size >= opts.rotate_bytes:
+            return True
+        age = time.monotonic() - writer.opened_at
+        return opts.rotate_s is not None and age >= opts.rotate_s
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self.writer is not None:
+                await asyncio.to_thread(self.writer.close)
+                self.writer = None
+
+
+def to_record(message: aiomqtt.Message, t_us: int) -> TraceRecord:
+    payload = message.payload
+    if isinstance(payload, str):
+        payload = payload.encode()
+    elif not isinstance(payload, bytes | bytearray):
+        payload = str(payload).encode()
+    return TraceRecord(
+        t_us=t_us,
+        topic=str(message.topic),
+        payload=bytes(payload),
+        qos=message.qos,
+        retain=bool(message.retain),
+        props=properties_to_json(message.properties),
+    )
+
+
+async def record(
+    broker: BrokerSettings,
+    options: RecordOptions,
+    stop: asyncio.Event,
+    *,
+    source: str = "command line",
+    subscribed: asyncio.Event | None = None,
+    on_record: Callable[[TraceRecord], None] | None = None,
+) -> RecordStats:
+    """Record until ``stop`` is set (or max_messages); the file is complete and valid on return."""
+    stats = RecordStats()
+    context = await asyncio.to_thread(client_tls, broker, source)
+    writer = _RotatingWriter(options, broker_url(broker), stats)
+    await writer.open()
+    try:
+        async with make_client(
+            broker, version=options.version, purpose="record", context=context
+        ) as client:
+            for topic in options.filters:
+                if options.version == "5":
+                    # Retain-as-published: keep the publisher's retain flag, not only the
+                    # flag of retained messages delivered at subscribe time.
+                    await client.subscribe(
+                        topic, options=SubscribeOptions(qos=options.qos, retainAsPublished=True)
+                    )
+                else:
+                    await client.subscribe(topic, qos=options.qos)
+            if subscribed is not None:
+                subscribed.set()
+            log.info(
+                "recording %s from %s into %s", options.filters, broker_url(broker), options.out
+            )
+            async with asyncio.TaskGroup() as tasks:
+                flusher = tasks.create_task(_flush_every(writer, options.flush_interval_s))
+                consumer = tasks.create_task(_consume(client, writer, stats, options, on_record))
+                stopper = tasks.create_task(stop.wait())
+                await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (flusher, consumer, stopper):
+                    task.cancel()
+    finally:
+        # Also on Ctrl-C and on a lost broker: what was received is on disk, the file is valid.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(writer.flush())
+        await asyncio.shield(writer.close())
+    return stats
+
+
+async def _consume(
+    client: aiomqtt.Client,
+    writer: _RotatingWriter,
+    stats: RecordStats,
+    options: RecordOptions,
+    on_record: Callable[[TraceRecord], None] | None,
+) -> None:
+    async for message in client.messages:
+        rec = to_record(message, time.time_ns() // 1000)
+        writer.write(rec)
+        stats.messages += 1
+        stats.payload_bytes += len(rec.payload)
+        if on_record is not None:
+            on_record(rec)
+        if writer.writer is not None and writer.writer.buffered >= writer.writer.member_bytes:
+            await writer.flush()
+        if options.max_messages is not None and stats.messages >= options.max_messages:
+            return
+
+
+async def _flush_every(writer: _RotatingWriter, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        await writer.flush()
