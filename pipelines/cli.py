@@ -13,6 +13,7 @@ from pathlib import Path
 from collector.settings_loader import ConfigError, build_settings
 from pipelines.config import IngestSettings, SpoolSettings, for_worker, load_ingest_config
 from pipelines.dead_letter import DeadLetter, DeadLetterStore
+from pipelines.derive_cli import add_derive_parser, run_derive
 from pipelines.service import IngestService
 from pipelines.supervisor import Supervisor
 
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("ids", type=int, nargs="*", help="dead letter ids")
     again.add_argument("--reason", help="replay the oldest --limit letters of this reason")
     again.add_argument("--limit", type=int, default=100)
+    add_derive_parser(sub)
     return parser
 
 
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=args.log_level.upper(), format=log_format)
         asyncio.run(_run(IngestService(settings), watch_parent=args.worker is not None))
         return 0
+    if args.command == "derive":
+        return asyncio.run(run_derive(settings, args))
     return asyncio.run(_dead_letters(settings, args))
 
 

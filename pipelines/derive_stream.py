@@ -15,6 +15,7 @@ from pipelines.config import IngestSettings
 from pipelines.decode import DecodedReadings
 from pipelines.derive_config import DeriveSettings
 from pipelines.derive_points import derived_line
+from pipelines.derive_range import rewrite_window
 from pipelines.derive_state import DirtyWindows, WindowKey
 from pipelines.derive_windows import WindowDeriver, keys_for_reading
 from pipelines.influx_writer import Done, InfluxError, InfluxWriter
@@ -22,23 +23,8 @@ from pipelines.points import Point
 
 log = logging.getLogger("ecotel.ingest.derive")
 
-DERIVE_TOPIC = "ecotel/derive"
-"""The topic recorded with derived window points (for counting and dead-lettering)."""
-
 _TICK_S = 0.5
 _RETRY_S = 2.0
-
-
-async def write_and_wait(writer: InfluxWriter, points: list[Point]) -> None:
-    """Put points through the ingest's writer and return once they are written or refused."""
-    finished = asyncio.get_running_loop().create_future()
-
-    def done() -> None:
-        if not finished.done():
-            finished.set_result(None)
-
-    await writer.put(points, done)
-    await finished
 
 
 class Deriver:
@@ -156,16 +142,6 @@ class Deriver:
     async def recompute(self, key: WindowKey) -> None:
         """Compute one window from InfluxDB and write it (deleting a stale figure first)."""
         started = time.perf_counter()
-        out = await self.windows.compute(key)
-        for measurement, tags, at in out.deletes:
-            await self.windows.delete(measurement, tags, at)
-        if out.lines:
-            await write_and_wait(
-                self._writer,
-                [
-                    Point(line, line.split(",", 1)[0], DERIVE_TOPIC, reading=False)
-                    for line in out.lines
-                ],
-            )
+        await rewrite_window(self.windows, self._writer, key)
         self.recomputed += 1
         log.debug("derive: %s recomputed in %.1f ms", key, (time.perf_counter() - started) * 1e3)

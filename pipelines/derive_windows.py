@@ -74,7 +74,7 @@ def ident(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _rfc3339(moment: datetime) -> str:
+def rfc3339(moment: datetime) -> str:
     return quote(moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
 
 
@@ -102,8 +102,8 @@ class WindowDeriver:
         where = " AND ".join(f"{ident(k)} = {quote(v)}" for k, v in sorted(tags.items()))
         await influx_query(
             self.influx.url,
-            f"DELETE FROM {ident(measurement)} WHERE {where} AND time >= {_rfc3339(at)} "
-            f"AND time <= {_rfc3339(at)}",
+            f"DELETE FROM {ident(measurement)} WHERE {where} AND time >= {rfc3339(at)} "
+            f"AND time <= {rfc3339(at)}",
             database=self.influx.database,
         )
 
@@ -127,7 +127,7 @@ class WindowDeriver:
         found: dict[tuple[str, str], list[CounterReading]] = defaultdict(list)
         for tags, rows in await self._query(
             f"SELECT {ident(fieldname)} FROM {ident(measurement)} WHERE "
-            f'"site" = {quote(site)} AND time >= {_rfc3339(start)} AND time <= {_rfc3339(end)} '
+            f'"site" = {quote(site)} AND time >= {rfc3339(start)} AND time <= {rfc3339(end)} '
             f'GROUP BY "device"{group}'
         ):
             series = found[(tags.get("device", ""), tags.get("circuit", ""))]
@@ -228,7 +228,7 @@ class WindowDeriver:
         counts: list[LaneCount] = []
         for tags, rows in await self._query(
             'SELECT "volume", "interval_s", "occupancy" FROM "traffic_detector" WHERE '
-            f'"site" = {quote(site)} AND time >= {_rfc3339(start)} AND time < {_rfc3339(end)} '
+            f'"site" = {quote(site)} AND time >= {rfc3339(start)} AND time < {rfc3339(end)} '
             'GROUP BY "device", "lane"'
         ):
             lane = f"{tags.get('device', '')}/{tags.get('lane', '')}"

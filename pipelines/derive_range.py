@@ -1,0 +1,164 @@
+"""Recompute derived measurements from what InfluxDB holds: one window, or a past time range
+(after a rule is fixed or a meter map corrected); the code the stream uses."""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from devices import KINDS
+from pipelines.analytics.energy import windows_between
+from pipelines.derive_config import DeriveSettings
+from pipelines.derive_points import SOURCE_KINDS, derived_line
+from pipelines.derive_state import WindowKey
+from pipelines.derive_windows import (
+    DATACENTER,
+    DATACENTER_WINDOWS,
+    TRAFFIC,
+    TRAFFIC_WINDOWS,
+    WindowDeriver,
+    ident,
+    quote,
+    rfc3339,
+)
+from pipelines.influx_query import influx_query
+from pipelines.influx_writer import InfluxWriter
+from pipelines.points import Point
+
+log = logging.getLogger("ecotel.ingest.derive")
+
+DERIVE_TOPIC = "ecotel/derive"
+"""The topic recorded with recomputed points (for counting and dead-lettering)."""
+
+_CHUNK = timedelta(hours=6)
+"""Raw readings are read back this much at a time, to bound memory."""
+
+
+async def write_and_wait(writer: InfluxWriter, lines: list[str]) -> None:
+    """Put lines through the ingest's writer; return once they are written or refused."""
+    if not lines:
+        return
+    finished = asyncio.get_running_loop().create_future()
+
+    def done() -> None:
+        if not finished.done():
+            finished.set_result(None)
+
+    await writer.put(
+        [Point(line, line.split(",", 1)[0], DERIVE_TOPIC, reading=False) for line in lines], done
+    )
+    await finished
+
+
+async def rewrite_window(windows: WindowDeriver, writer: InfluxWriter, key: WindowKey) -> None:
+    """Compute one window from InfluxDB and write it, deleting a stale figure first."""
+    out = await windows.compute(key)
+    for measurement, tags, at in out.deletes:
+        await windows.delete(measurement, tags, at)
+    await write_and_wait(writer, out.lines)
+
+
+@dataclass
+class RangeReport:
+    """What a range recomputation wrote."""
+
+    readings: int = 0
+    windows: int = 0
+
+
+async def recompute_range(
+    settings: DeriveSettings,
+    windows: WindowDeriver,
+    writer: InfluxWriter,
+    start: datetime,
+    end: datetime,
+    sites: set[str] | None = None,
+) -> RangeReport:
+    """Rewrite every derived point of [start, end) (of ``sites`` only, if given)."""
+    report = RangeReport()
+    chunk_start = start
+    while chunk_start < end:
+        chunk_end = min(end, chunk_start + _CHUNK)
+        for kind, measurement in SOURCE_KINDS.items():
+            lines = await _reading_lines(settings, windows, kind, chunk_start, chunk_end, sites)
+            # Delete first, so that a field a fixed rule no longer writes does not linger.
+            targets: list[str | None] = list(sites) if sites is not None else [None]
+            for site in targets:
+                where = f"time >= {rfc3339(chunk_start)} AND time < {rfc3339(chunk_end)}"
+                if site is not None:
+                    where += f' AND "site" = {quote(site)}'
+                await influx_query(
+                    windows.influx.url,
+                    f"DELETE FROM {ident(measurement)} WHERE {where}",
+                    database=windows.influx.database,
+                )
+            await write_and_wait(writer, lines)
+            report.readings += len(lines)
+        chunk_start = chunk_end
+    keys: list[WindowKey] = []
+    for dc in settings.datacenters:
+        if sites is None or dc.site in sites:
+            for window in DATACENTER_WINDOWS:
+                for w_start, _ in windows_between(start, end, window, dc.tz):
+                    keys.append(WindowKey(DATACENTER, dc.site, window, w_start))
+    for site in await _traffic_sites(windows):
+        if sites is None or site in sites:
+            for window in TRAFFIC_WINDOWS:
+                for w_start, _ in windows_between(start, end, window, settings.highway_tz):
+                    keys.append(WindowKey(TRAFFIC, site, window, w_start))
+    for key in keys:
+        await rewrite_window(windows, writer, key)
+        report.windows += 1
+    return report
+
+
+async def _traffic_sites(windows: WindowDeriver) -> list[str]:
+    series = await influx_query(
+        windows.influx.url,
+        'SHOW TAG VALUES FROM "traffic_detector" WITH KEY = "site"',
+        database=windows.influx.database,
+    )
+    return sorted({str(row[1]) for s in series for row in s.values})
+
+
+async def _reading_lines(
+    settings: DeriveSettings,
+    windows: WindowDeriver,
+    kind: str,
+    start: datetime,
+    end: datetime,
+    sites: set[str] | None,
+) -> list[str]:
+    model = KINDS[kind]
+    names = {q.name for q in model.quantities()}
+    spec = model.channel
+    where = f"time >= {rfc3339(start)} AND time < {rfc3339(end)}"
+    if sites is not None:
+        where += " AND (" + " OR ".join(f'"site" = {quote(s)}' for s in sorted(sites)) + ")"
+    lines = []
+    for series in await influx_query(
+        windows.influx.url,
+        f"SELECT * FROM {ident(kind)} WHERE {where} GROUP BY *",
+        database=windows.influx.database,
+        epoch="ns",
+    ):
+        tags = series.tags
+        for row in series.rows():
+            values = {k: v for k, v in row.items() if k in names and v is not None}
+            # Stored readings passed the ingest's checks (maybe a site's own ranges): not re-judged.
+            checked = model.model_construct(**values)
+            moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
+                microseconds=int(row["time"]) // 1_000
+            )
+            line = derived_line(
+                site=tags["site"],
+                gateway=tags["gateway"],
+                device=tags["device"],
+                channel=tags.get(spec.tag) if spec is not None else None,
+                time=moment,
+                values=checked,
+                thresholds=settings.congestion,
+            )
+            if line is not None:
+                lines.append(line)
+    return lines
