@@ -1,15 +1,16 @@
 """Run every panel of the generated dashboards against a real InfluxDB, as Grafana would, and report what shows nothing."""
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
-from dashboards.domain import dashboard_json
+from dashboards.boards import all_dashboards, domain_uids
 from dashboards.expand import expand, panel_queries, variable_queries
-from devices import Domain
 from pipelines.influx_query import influx_query
 
 
 async def resolve_variables(
-    dashboard: dict[str, object], influx_url: str, database: str, start: datetime, end: datetime
+    dashboard: Mapping[str, Any], influx_url: str, database: str, start: datetime, end: datetime
 ) -> dict[str, list[str]]:
     """Each variable set to All: its values from its own query, as Grafana fills the picker."""
     values: dict[str, list[str]] = {}
@@ -21,20 +22,28 @@ async def resolve_variables(
 
 
 async def check_panels(
-    influx_url: str, database: str, start: datetime, end: datetime, *, min_interval_ms: int = 10_000
+    influx_url: str,
+    database: str,
+    start: datetime,
+    end: datetime,
+    *,
+    min_interval_ms: int = 10_000,
+    uids: list[str] | None = None,
 ) -> list[str]:
     """Problems found: a panel whose query fails, returns no series, or only nulls. Empty is good.
 
     ``min_interval_ms`` is the datasource's minimum interval; it should match the
     gateways' poll interval, as the provisioned datasource's does (10 s).
+    ``uids`` are the dashboards to check (default: the three domain dashboards).
     """
     problems: list[str] = []
-    for domain in Domain:
-        dashboard = dashboard_json(domain)
+    boards = all_dashboards()
+    for uid in uids or domain_uids():
+        dashboard = boards[uid]
         variables = await resolve_variables(dashboard, influx_url, database, start, end)
         for name, found in variables.items():
             if not found:
-                problems.append(f"{domain.value}: variable ${name} has no values")
+                problems.append(f"{uid}: variable ${name} has no values")
         for title, ref, query in panel_queries(dashboard):
             text = expand(
                 query, start=start, end=end, variables=variables, min_interval_ms=min_interval_ms
@@ -42,9 +51,9 @@ async def check_panels(
             try:
                 series = await influx_query(influx_url, text, database=database)
             except Exception as exc:
-                problems.append(f"{domain.value} / {title} [{ref}]: {exc} -- {text}")
+                problems.append(f"{uid} / {title} [{ref}]: {exc} -- {text}")
                 continue
             values = [v for s in series for row in s.values for v in row[1:] if v is not None]
             if not values:
-                problems.append(f"{domain.value} / {title} [{ref}]: no data -- {text}")
+                problems.append(f"{uid} / {title} [{ref}]: no data -- {text}")
     return problems

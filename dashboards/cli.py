@@ -1,44 +1,94 @@
-"""``ecotel-dashboards``: write the generated Grafana dashboards and provisioning files."""
+"""``ecotel-dashboards``: write the Grafana provisioning files, push them to a Grafana, draw previews."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from grafana_client.api import GrafanaApi
+
 from dashboards.provisioning import write_provisioning
+from dashboards.sites import DEFAULT_SITES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecotel-dashboards",
-        description="Generate ecotel's Grafana dashboards (one per domain) from the device "
-        "catalog, with the InfluxDB datasource and the dashboard provider, as provisioning files.",
+        description="ecotel's Grafana dashboards (one per domain and the fleet's), datasources "
+        "and alert rules, generated from the device catalog.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    write = sub.add_parser("write", help="write dashboards/*.json and provisioning/*/ecotel.yaml")
-    write.add_argument("--out", type=Path, required=True, help="output folder")
-    write.add_argument(
-        "--influx-url",
-        default="http://127.0.0.1:8086",
-        help="InfluxDB URL as Grafana reaches it (default http://127.0.0.1:8086)",
+    write = sub.add_parser(
+        "write", help="write dashboards/*.json and provisioning/{datasources,dashboards,alerting}"
     )
-    write.add_argument("--database", default="ecotel", help="InfluxDB database (default ecotel)")
+    write.add_argument("--out", type=Path, required=True, help="output folder")
     write.add_argument(
         "--dashboards-dir",
         help="where Grafana sees the JSON files, if not where they are written "
         "(e.g. /var/lib/grafana/dashboards/ecotel)",
     )
+    write.add_argument(
+        "--sites", type=Path, default=DEFAULT_SITES, help="stations file for the map (TOML)"
+    )
+    push = sub.add_parser(
+        "push", help="create or update them in a running Grafana (folder 'ecotel') over its API"
+    )
+    push.add_argument(
+        "--grafana-url",
+        default=os.environ.get("GRAFANA_URL", "http://127.0.0.1:3000"),
+        help="Grafana base URL (env GRAFANA_URL; user:password@ in it works too)",
+    )
+    push.add_argument(
+        "--dry-run", action="store_true", help="show what would change (a diff); change nothing"
+    )
+    preview = sub.add_parser("preview", help="draw an SVG preview of each dashboard")
+    preview.add_argument("--out", type=Path, required=True, help="output folder")
+    preview.add_argument("--hours", type=float, default=1.0, help="time range to draw (hours)")
+    for p in (write, push, preview):
+        p.add_argument(
+            "--influx-url",
+            default="http://127.0.0.1:8086",
+            help="InfluxDB URL as Grafana reaches it (default http://127.0.0.1:8086)",
+        )
+        p.add_argument("--database", default="ecotel", help="InfluxDB database (default ecotel)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    written = write_provisioning(
-        args.out,
-        influx_url=args.influx_url,
-        database=args.database,
-        dashboards_dir=args.dashboards_dir,
-    )
-    for path in written:
+    if args.command == "write":
+        written = write_provisioning(
+            args.out,
+            influx_url=args.influx_url,
+            database=args.database,
+            dashboards_dir=args.dashboards_dir,
+            sites=args.sites,
+        )
+        for path in written:
+            print(path)
+        return 0
+    if args.command == "push":
+        from dashboards.push import push
+
+        # A token (service account) from the environment, never on the command line.
+        token = os.environ.get("GRAFANA_TOKEN")
+        api = GrafanaApi.from_url(args.grafana_url, credential=token)
+        changes = push(
+            api, influx_url=args.influx_url, database=args.database, dry_run=args.dry_run
+        )
+        for change in changes:
+            verb = (
+                f"would {change.action}"
+                if args.dry_run and change.action != "unchanged"
+                else change.action
+            )
+            print(f"{verb:>16}  {change.kind} {change.uid}")
+            if args.dry_run and change.diff:
+                print(change.diff, end="")
+        return 0
+    from dashboards.preview import write_previews
+
+    for path in write_previews(args.out, args.influx_url, args.database, hours=args.hours):
         print(path)
     return 0
 

@@ -111,6 +111,9 @@ def panel_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     found: list[tuple[str, str, str]] = []
     for panel in _panels(dashboard.get("panels", [])):
         for target in panel.get("targets") or []:
+            # Only InfluxDB targets reach InfluxDB (the map's station list is static CSV).
+            if (target.get("datasource") or {}).get("type", "influxdb") != "influxdb":
+                continue
             found.append(
                 (
                     str(panel.get("title", "")),

@@ -1,0 +1,66 @@
+"""The data-center dashboard's own views: PUE per hour and per day, power, clean-energy share."""
+
+from collections.abc import Sequence
+
+from dashboards import limits, names
+from dashboards.panels import SERIES_FILTER, SITE_FILTER, Panel, series_panel
+
+IT_CIRCUITS = ("ups_output", "pdu_output", "it_load")
+FACILITY_CIRCUIT = "utility"
+
+
+def pue_panel(window: str, label: str) -> Panel:
+    return series_panel(
+        f"PUE per {label}",
+        f"Facility (utility) energy / IT energy over each {label}, from the energy counters "
+        "(ISO/IEC 30134-2; the ingest's pue measurement). Windows with a missing, reset or "
+        f"implausible counter have no value. Target {limits.PUE_TARGET}.",
+        f'SELECT last("{names.PUE_FIELD}") FROM "{names.PUE}" {SITE_FILTER} '
+        f'AND "{names.WINDOW_TAG}" = \'{window}\' GROUP BY time({window}), "site" fill(none)',
+        alias="$tag_site",
+        unit="none",
+        decimals=3,
+        steps=[(None, "green"), (limits.PUE_TARGET, "red")],
+    )
+
+
+def power_panel() -> Panel:
+    circuits = "|".join((FACILITY_CIRCUIT, *IT_CIRCUITS))
+    return series_panel(
+        "IT and facility power (kW)",
+        "Active power on the utility feed (facility) and at the IT metering points.",
+        f'SELECT mean("active_power_kw") FROM "energy_meter" {SERIES_FILTER} '
+        f'AND "circuit" =~ /^({circuits})$/ '
+        'GROUP BY time($__interval), "site", "circuit" fill(none)',
+        alias="$tag_site $tag_circuit",
+        unit="kwatt",
+        decimals=1,
+        steps=[(None, "green")],
+    )
+
+
+def clean_share_panel() -> Panel:
+    return series_panel(
+        "Clean-energy share per hour (REF)",
+        "Renewable / facility energy (ISO/IEC 30134-3), where a renewable feed is metered.",
+        f'SELECT last("{names.REF_FIELD}") * 100 FROM "{names.REF}" {SITE_FILTER} '
+        f'AND "{names.WINDOW_TAG}" = \'{names.HOUR}\' GROUP BY time(1h), "site" fill(none)',
+        alias="$tag_site",
+        unit="percent",
+        decimals=1,
+        steps=[(None, "orange"), (50, "green")],
+    )
+
+
+def sections() -> list[tuple[str, Sequence[Panel]]]:
+    return [
+        (
+            "Efficiency",
+            [
+                pue_panel(names.HOUR, "hour"),
+                pue_panel(names.DAY, "day"),
+                power_panel(),
+                clean_share_panel(),
+            ],
+        )
+    ]
