@@ -8,13 +8,14 @@ import pytest
 from grafana_foundation_sdk.models.dashboard import Dashboard
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from dashboards import limits
 from dashboards.alert_model import AlertRulesFile
 from dashboards.alerts import SPECS, rules_document
 from dashboards.boards import all_dashboards
 from dashboards.domain import dashboard_uid
-from dashboards.expand import expand, format_duration, panel_queries, regex_value, round_interval_ms
+from dashboards.expand import expand, format_duration, regex_value, round_interval_ms
 from dashboards.fleet import UID as FLEET_UID
 from dashboards.provisioning import read_alert_rules, write_provisioning
 from dashboards.sites import load_sites
@@ -32,7 +33,7 @@ def _panels(data: dict) -> list[dict]:
 
 
 def test_four_dashboards() -> None:
-    assert UIDS == sorted([*(dashboard_uid(d) for d in Domain), FLEET_UID])
+    assert sorted([*(dashboard_uid(d) for d in Domain), FLEET_UID]) == UIDS
 
 
 @pytest.mark.parametrize("uid", UIDS)
@@ -95,7 +96,8 @@ def test_fleet_links_a_station_to_its_data() -> None:
     assert "/d/ecotel-ecology?var-site=${__data.fields.site}&${__url_time_range}" in urls
     for uid in UIDS:
         link = BOARDS[uid]["links"][0]
-        assert link["includeVars"] and link["keepTime"], uid
+        assert link["includeVars"], uid
+        assert link["keepTime"], uid
 
 
 def test_visibility_tiers_match_the_art_81_rule() -> None:
@@ -113,7 +115,8 @@ def test_alert_rules_file_passes_the_provisioning_model() -> None:
     for rule in rules:
         query = rule.data[0]
         assert query.datasourceUid == "ecotel-influxdb"
-        assert "GROUP BY" in query.model["query"] and "$timeFilter" in query.model["query"]
+        assert "GROUP BY" in query.model["query"]
+        assert "$timeFilter" in query.model["query"]
         assert [q.model.get("type") for q in rule.data[1:]] == ["reduce", "threshold"]
         assert {q.datasourceUid for q in rule.data[1:]} == {"__expr__"}
         summary = rule.annotations["summary"]
@@ -145,7 +148,7 @@ def test_the_provisioning_model_refuses_broken_files(broken) -> None:  # type: i
     document = rules_document()
     AlertRulesFile.model_validate(document)
     broken(document)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         AlertRulesFile.model_validate(document)
 
 
