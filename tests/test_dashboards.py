@@ -1,8 +1,10 @@
 """The generated dashboards: Grafana's model accepts them, every quantity has a panel, macros expand as Grafana does."""
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grafana_foundation_sdk.models.dashboard import Dashboard
@@ -28,7 +30,7 @@ BOARDS = all_dashboards()
 UIDS = sorted(BOARDS)
 
 
-def _panels(data: dict) -> list[dict]:
+def _panels(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in data["panels"] if p["type"] != "row"]
 
 
@@ -144,7 +146,7 @@ def test_alert_rules_file_passes_the_provisioning_model() -> None:
         lambda d: d["groups"][0]["rules"][0]["data"][0].pop("relativeTimeRange"),
     ],
 )
-def test_the_provisioning_model_refuses_broken_files(broken) -> None:  # type: ignore[no-untyped-def]
+def test_the_provisioning_model_refuses_broken_files(broken: Callable[[Any], None]) -> None:
     document = rules_document()
     AlertRulesFile.model_validate(document)
     broken(document)
