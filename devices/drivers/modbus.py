@@ -2,6 +2,7 @@
 requests as the register map allows; the register codec and the read plan are pure functions."""
 
 import asyncio
+import logging
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,17 @@ EXCEPTION_CODES: Final[Mapping[int, str]] = {
 
 _CLIENT_TIMEOUT_S: Final = 60.0
 """pymodbus's own wait; each device's ``timeout_s`` is enforced around it, so it never fires."""
+
+
+def quiet_pymodbus() -> None:
+    """Keep pymodbus's own log to critical messages, unless someone set its level.
+
+    Every failure reaches the gateway as a DeviceError, counted and logged at a limited rate;
+    pymodbus would also log a warning at every poll of a device that is off.
+    """
+    library = logging.getLogger("pymodbus")
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.CRITICAL)
 
 
 def exception_text(code: int) -> str:
@@ -256,6 +268,7 @@ class ModbusLink:
         key = f"{source.host}:{source.port}" if isinstance(source, ModbusTcpSource) else source.port
         link = cls._open.get(key)
         if link is None:
+            quiet_pymodbus()
             link = cls._open[key] = cls(key, source)
         elif isinstance(source, ModbusRtuSource) and _line(link._source) != _line(source):
             raise ValueError(f"serial port {key} is configured twice with different settings")
