@@ -1,9 +1,13 @@
 """The HTTP API's request and response bodies (pydantic), which its OpenAPI document describes."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, JsonValue
+
+
+LetterId = Annotated[int, Field(ge=1, le=2**62)]
+"""A dead letter's id: an SQLite integer."""
 
 
 class Problem(BaseModel):
@@ -72,7 +76,7 @@ class DeadLetterDetail(DeadLetterSummary):
 class ReplayRequest(BaseModel):
     """Dead letters to replay: by id, or the oldest ``limit`` of one reason."""
 
-    ids: list[int] = Field(default_factory=list, max_length=1_000)
+    ids: list[LetterId] = Field(default_factory=list, max_length=1_000)
     reason: str | None = None
     limit: int = Field(default=100, ge=1, le=1_000)
 
