@@ -239,6 +239,28 @@ class GatewaySettings(FileSettings):
             seen.add(device.id)
         return self
 
+    @model_validator(mode="after")
+    def _serial_lines_agree(self) -> Self:
+        # Devices on one port share the line: one protocol, one set of line settings.
+        lines: dict[str, tuple[str, tuple[object, ...]]] = {}
+        for index, device in enumerate(self.devices):
+            source = device.source
+            if isinstance(source, SimulatorSource | ModbusTcpSource):
+                continue
+            line = (source.baudrate, source.bytesize, source.parity, source.stopbits)
+            seen = lines.setdefault(source.port, (source.type, line))
+            if seen[0] != source.type:
+                raise ValueError(
+                    f"devices.{index}.source.port: {source.port} is used by {seen[0]} and "
+                    f"{source.type} devices; one serial port carries one protocol"
+                )
+            if seen[1] != line:
+                raise ValueError(
+                    f"devices.{index}.source: {source.port} is configured with other line "
+                    "settings (baudrate, bytesize, parity, stopbits) by an earlier device"
+                )
+        return self
+
     @property
     def client_id(self) -> str:
         return self.broker.client_id or f"ecotel-gw-{self.gateway.id}"

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from collector.config import check_field_map, load_gateway_config
+from collector.config import GatewaySettings, check_field_map, load_gateway_config
 from collector.field_device import FieldDevice
 from collector.settings_loader import ConfigError
 from devices.catalog import check_values
@@ -386,7 +386,8 @@ class Bench:
         else:
             # A pty takes no parity setting; a real RS-485 line defaults to 8E1.
             where = {"type": "modbus_rtu", "port": self.emulator.path, "parity": "N"}
-        return where | {"unit": unit, "timeout_s": 0.3, "fields": fields} | settings
+        # Generous for answers (a loaded machine is slow); tests of silence set their own.
+        return where | {"unit": unit, "timeout_s": 2.0, "fields": fields} | settings
 
     def driver(self, unit: int, fields: list[dict[str, Any]], **settings: Any) -> ModbusDriver:
         data = self.source(unit, fields, **settings)
@@ -500,7 +501,7 @@ async def test_an_illegal_address_is_a_named_exception_response(bench: Bench) ->
 async def test_a_silent_unit_times_out_and_recovers_without_disturbing_the_other(
     bench: Bench,
 ) -> None:
-    silent = bench.driver(1, METER_FIELDS[:1])
+    silent = bench.driver(1, METER_FIELDS[:1], timeout_s=0.3)
     other = bench.driver(
         2, [{"field": "t", "address": 0, "table": "input", "data_type": "float32"}]
     )
@@ -557,7 +558,7 @@ async def test_rtu_wrong_unit_id_times_out(transport: Transport) -> None:
     async with ModbusEmulator(_units(), transport=transport) as emulator:
         b = Bench(emulator, transport)
         try:
-            missing = b.driver(9, [{"field": "x", "address": 0}])
+            missing = b.driver(9, [{"field": "x", "address": 0}], timeout_s=0.3)
             with pytest.raises(DeviceError) as caught:
                 await missing.read_raw()
             assert caught.value.reason == "timeout"
@@ -572,7 +573,7 @@ async def test_rtu_bad_crc_is_a_bad_checksum() -> None:
     async with ModbusEmulator(_units(), transport="rtu") as emulator:
         b = Bench(emulator, "rtu")
         try:
-            driver = b.driver(1, METER_FIELDS[:1])
+            driver = b.driver(1, METER_FIELDS[:1], timeout_s=0.3)
             b.unit(1).fault = "bad_crc"
             with pytest.raises(DeviceError) as caught:
                 await driver.read_raw()
@@ -637,7 +638,7 @@ async def test_a_field_device_retries_and_counts_each_failed_attempt() -> None:
                     {"field": "energy_kwh", "address": 0, "data_type": "float32"},
                     {"field": "active_power_kw", "address": 4, "data_type": "int16", "scale": -0.1},
                 ],
-                timeout_s=0.2,
+                timeout_s=1.0,
                 retries=1,
             )
             source = ModbusTcpSource.model_validate(data)
@@ -697,3 +698,53 @@ async def test_the_emulator_serves_the_simulators_values() -> None:
     assert energy > 0
     assert power > 0
     check_values("energy_meter", channel, {"energy_kwh": energy, "active_power_kw": power})
+
+
+_METER_RTU: dict[str, Any] = {
+    "type": "modbus_rtu",
+    "port": "/dev/ttyUSB0",
+    "baudrate": 9600,
+    "parity": "N",
+    "fields": [
+        {"field": "energy_kwh", "address": 0, "data_type": "float32"},
+        {"field": "active_power_kw", "address": 2, "data_type": "float32"},
+    ],
+}
+_METER_DLT645: dict[str, Any] = {
+    "type": "dlt645",
+    "port": "/dev/ttyUSB0",
+    "address": "202401010001",
+    "baudrate": 9600,
+    "parity": "N",
+    "fields": [
+        {"field": "energy_kwh", "data_id": "00000000"},
+        {"field": "active_power_kw", "data_id": "02030000"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("second", "problem"),
+    [
+        (_METER_DLT645, "devices.1.source.port: /dev/ttyUSB0 is used by modbus_rtu and dlt645"),
+        (_METER_RTU | {"unit": 2, "baudrate": 19200}, "other line settings"),
+    ],
+)
+def test_devices_on_one_serial_port_must_agree_at_load(
+    second: dict[str, Any], problem: str
+) -> None:
+    def device(name: str, source: dict[str, Any]) -> dict[str, Any]:
+        return {"id": name, "kind": "energy_meter", "channel": "it_load", "source": source}
+
+    config = {
+        "gateway": {"id": "gw-1", "site": "site-1"},
+        "devices": [device("pm-1", _METER_RTU | {"unit": 1}), device("pm-2", second)],
+    }
+    with pytest.raises(ValidationError, match=problem):
+        GatewaySettings.model_validate(config)
+    # The same line settings and protocol: accepted.
+    config["devices"] = [
+        device("pm-1", _METER_RTU | {"unit": 1}),
+        device("pm-2", _METER_RTU | {"unit": 2}),
+    ]
+    GatewaySettings.model_validate(config)

@@ -160,7 +160,7 @@ WATER_QUALITY_REGISTERS: list[dict[str, Any]] = [
 
 
 def _modbus_config(harness: Harness, state: Path, tcp_port: int, rtu_port: str) -> dict[str, Any]:
-    rtu = {"type": "modbus_rtu", "port": rtu_port, "timeout_s": 0.2, **PTY_LINE}
+    rtu = {"type": "modbus_rtu", "port": rtu_port, "timeout_s": 1.0, **PTY_LINE}
     return {
         "gateway": {"id": GATEWAY, "site": SITE, "state_dir": str(state), "batch_max_delay_s": 0.1},
         "broker": {"port": harness.broker.port},
@@ -175,7 +175,7 @@ def _modbus_config(harness: Harness, state: Path, tcp_port: int, rtu_port: str) 
                     "host": "127.0.0.1",
                     "port": tcp_port,
                     "unit": 1,
-                    "timeout_s": 0.2,
+                    "timeout_s": 1.0,
                     "fields": [
                         {
                             "field": "energy_kwh",
