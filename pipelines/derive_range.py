@@ -47,6 +47,8 @@ async def write_and_wait(writer: InfluxWriter, lines: list[str]) -> None:
     await writer.put(
         [Point(line, line.split(",", 1)[0], DERIVE_TOPIC, reading=False) for line in lines], done
     )
+    # Someone waits for these: do not hold them for the batch timer.
+    writer.flush_soon()
     await finished
 
 
