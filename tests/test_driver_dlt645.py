@@ -494,7 +494,9 @@ async def test_garbage_is_a_bad_response_and_the_line_recovers(
 
 async def test_answers_arriving_a_byte_at_a_time_are_read(line: Line) -> None:
     line.emulator.char_time_s = 11 / 2400
-    driver = line.driver(A, ENERGY, CURRENT, POWER)
+    # A whole answer takes ~0.1 s at 2400 baud: a generous timeout keeps a loaded machine
+    # from turning this reassembly check into a timing test.
+    driver = line.driver(A, ENERGY, CURRENT, POWER, timeout_s=3.0)
     line.values[A][POWER] = -3.2109
     assert await driver.read_raw() == [123456.78, 12.345, -3.2109]
 
