@@ -1,6 +1,6 @@
 """Run every panel of the generated dashboards against a real InfluxDB, as Grafana would, and report what shows nothing."""
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,12 +29,15 @@ async def check_panels(
     *,
     min_interval_ms: int = 10_000,
     uids: list[str] | None = None,
+    skip_measurements: Collection[str] = (),
 ) -> list[str]:
     """Problems found: a panel whose query fails, returns no series, or only nulls. Empty is good.
 
     ``min_interval_ms`` is the datasource's minimum interval; it should match the
     gateways' poll interval, as the provisioned datasource's does (10 s).
-    ``uids`` are the dashboards to check (default: the three domain dashboards).
+    ``uids`` are the dashboards to check (default: the three domain dashboards);
+    panels reading one of ``skip_measurements`` are not run (for a run too short
+    to fill them, such as an hour's PUE).
     """
     problems: list[str] = []
     boards = all_dashboards()
@@ -45,6 +48,8 @@ async def check_panels(
             if not found:
                 problems.append(f"{uid}: variable ${name} has no values")
         for title, ref, query in panel_queries(dashboard):
+            if any(f'FROM "{m}"' in query for m in skip_measurements):
+                continue
             text = expand(
                 query, start=start, end=end, variables=variables, min_interval_ms=min_interval_ms
             )

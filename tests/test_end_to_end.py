@@ -301,6 +301,8 @@ async def test_every_dashboard_panel_returns_data_after_the_run(e2e_run: E2ERun)
         e2e_run.started - timedelta(seconds=5),
         e2e_run.ended + timedelta(seconds=5),
         min_interval_ms=int(INTERVAL_S * 1000),
+        # No hour or day completes in this run; tests/test_alerts_live.py feeds days of counters.
+        skip_measurements={"pue", "ref"},
     )
     assert problems == [], "\n".join(problems)
 
