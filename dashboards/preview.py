@@ -110,15 +110,20 @@ async def panel_series(
     return found
 
 
-async def render_previews(influx_url: str, database: str, *, hours: float = 1.0) -> dict[str, str]:
-    """uid -> SVG preview of each dashboard over the last ``hours``."""
-    end = datetime.now(UTC)
-    start = end - timedelta(hours=hours)
+LONG_RANGE_HOURS = {"ecotel-datacenter": 72.0}
+"""Dashboards drawn over days: PUE per day needs them."""
+
+
+async def render_previews(
+    influx_url: str, database: str, *, hours: float = 1.0, now: datetime | None = None
+) -> dict[str, str]:
+    """uid -> SVG preview of each dashboard over the last ``hours`` (the data center over days)."""
+    end = now or datetime.now(UTC)
     previews = {}
     for uid, board in all_dashboards().items():
-        previews[uid] = render_svg(
-            board, await panel_series(board, influx_url, database, start, end)
-        )
+        start = end - timedelta(hours=max(hours, LONG_RANGE_HOURS.get(uid, 0.0)))
+        data = await panel_series(board, influx_url, database, start, end)
+        previews[uid] = render_svg(board, data)
     return previews
 
 

@@ -11,6 +11,7 @@ scenario is published message by message, as a gateway would send it.
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from dashboards.alert_eval import Instance, firing, render
 from dashboards.alerts import rules_document
 from dashboards.boards import all_dashboards
 from dashboards.check import check_panels
+from dashboards.preview import render_previews
 from deploy.servers import InfluxServer, MosquittoServer
 from devices import Domain, kinds_in
 from pipelines.config import (
@@ -385,3 +387,17 @@ async def test_pending_period_holds_back_a_fresh_fault(live: Run) -> None:
     active = await firing(now_only, live.influx_url, live.database, live.now)
     assert _labels(site=CLEAN, gateway=CLEAN_GW) in active
     assert isinstance(active[_labels(site=CLEAN, gateway=CLEAN_GW)], Instance)
+
+
+async def test_previews_draw_real_query_results(live: Run) -> None:
+    """Set ECOTEL_PREVIEW_OUT=docs/dashboards to refresh the previews the docs show."""
+    previews = await render_previews(live.influx_url, live.database, hours=0.05, now=live.now)
+    assert set(previews) == set(all_dashboards())
+    for uid, svg in previews.items():
+        panels = [p for p in all_dashboards()[uid]["panels"] if p["type"] != "row"]
+        assert svg.count("<polyline") >= len(panels) // 2, uid
+        assert "not a Grafana screenshot" in svg
+    out = os.environ.get("ECOTEL_PREVIEW_OUT")
+    if out:
+        for uid, svg in previews.items():
+            (Path(out) / f"{uid}.svg").write_text(svg, encoding="utf-8")
