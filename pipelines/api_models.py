@@ -5,7 +5,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, JsonValue
 
-
 LetterId = Annotated[int, Field(ge=1, le=2**62)]
 """A dead letter's id: an SQLite integer."""
 

@@ -273,9 +273,6 @@ class ApiSettings(_Section):
         description="Bearer tokens; also ECOTEL_INGEST_API__TOKENS as JSON. None: only /healthz, "
         "/readyz and /metrics answer",
     )
-    request_timeout_s: float = Field(
-        default=120.0, gt=0, description="POST /v1/readings waits this long for the write"
-    )
 
     def port_for(self, worker: int | None) -> int:
         return self.port + (worker or 0)
