@@ -1,8 +1,13 @@
-"""``python -m bench [decode|stack] ...``: run a benchmark and print its figures."""
+"""``python -m bench [decode|stack|ingest] ...``: run a benchmark and print its figures."""
 
 import argparse
+from pathlib import Path
 
-from bench import decode_cost, stack_throughput
+from bench import decode_cost, gateway_cli
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
 
 
 def main() -> None:
@@ -15,8 +20,37 @@ def main() -> None:
     stack.add_argument("--scale", type=int, default=50, help="copies of every simulated device")
     stack.add_argument("--interval", type=float, default=0.1, help="poll interval, s")
     stack.add_argument("--duration", type=float, default=30.0, help="seconds")
+    gateway_cli.add_commands(sub)
+    ingest = sub.add_parser(
+        "ingest",
+        help="ecotel's ingest beside a hand-written bridge and the raw broker and InfluxDB limits",
+    )
+    ingest.add_argument("--quick", action="store_true", help="a tenth of the readings (~1 min)")
+    ingest.add_argument(
+        "--batches", type=_ints, default=[1, 50], help="readings per message, e.g. 1,50,500"
+    )
+    ingest.add_argument("--workers", type=_ints, default=[1, 2], help="ingest workers, e.g. 1,2")
+    ingest.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=[],
+        help="only these systems: broker,influx,ecotel,bridge",
+    )
+    ingest.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    results: dict[str, dict[str, float]] = {}
+    # Imported on use: each benchmark pulls in a different part of the project.
+    if args.which == "ingest":
+        from bench import ingest_compare
+
+        ingest_compare.run(
+            quick=args.quick,
+            batches=args.batches,
+            workers=args.workers,
+            only=args.only,
+            json_path=args.json,
+        )
+        return
+    results: dict[str, dict[str, float]] = gateway_cli.run_selected(args)
     if args.which in (None, "decode"):
         for batch in [args.batch] if args.which else [1, 10, 100, 1000]:
             results[f"decode batch={batch}"] = decode_cost.run(
@@ -26,6 +60,8 @@ def main() -> None:
         scale, interval, duration = (
             (args.scale, args.interval, args.duration) if args.which else (50, 0.1, 30.0)
         )
+        from bench import stack_throughput
+
         results[f"stack scale={scale} interval={interval}s"] = stack_throughput.run(
             scale=scale, interval_s=interval, duration_s=duration
         )
