@@ -19,8 +19,12 @@ import pytest_asyncio
 
 from collector import wire
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port
+from devices import kind_of
+from pipelines.config import InfluxSettings, QualitySettings
 from pipelines.dead_letter import DeadLetterStore
 from pipelines.influx_query import influx_query
+from pipelines.quality import QualityChecker
+from pipelines.quality_history import load_quality_history
 
 SITE, GW, OTHER_GW = "Tuotuohe", "tuotuohe-gw1", "tuotuohe-gw2"
 TOPIC = wire.readings_topic(SITE, GW)
@@ -218,3 +222,17 @@ async def test_every_bad_input_is_dead_lettered_and_good_readings_are_stored(
     assert 'ecotel_ingest_rejected_total{reason="too_large",scope="message"} 1.0' in metrics
     assert 'ecotel_ingest_rejected_total{reason="invalid_values",scope="reading"} 3.0' in metrics
     assert 'ecotel_ingest_quality_flags_total{flag="stuck"} 2.0' in metrics
+
+    # A restarted ingest reads the series' history back and goes on flagging
+    # as before; a redelivered reading is not judged again.
+    settings = QualitySettings(stuck_readings=4, stuck_min_s=0, spike={"stage": 5.0})
+    checker = QualityChecker(settings)
+    influx = InfluxSettings(url=ingest.influx_url, database=ingest.database)
+    assert await load_quality_history(checker, influx, history_s=86_400) == 1
+    series = (SITE, GW, "hydro-1", "hydrology", None)
+    # The site's range is beyond the catalog's: built without validation.
+    later = kind_of("hydrology").model_construct(
+        stage=4521.5, discharge=95.0, water_temperature=3.45
+    )
+    assert checker.check(series, T0 + timedelta(seconds=44), later) is None
+    assert checker.check(series, T0 + timedelta(seconds=45), later) == "stuck:stage"
