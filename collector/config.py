@@ -166,7 +166,8 @@ class ClockSettings(_Section):
 
 
 def check_field_map(kind: str, fields: Sequence[FieldMap], default_channel: str | None) -> None:
-    """A field map must give every required quantity of its kind, per channel, and nothing else."""
+    """A field map must give every required quantity of its kind, per channel, and nothing else;
+    a state quantity comes through a table of the device's codes, a number does not."""
     model = KINDS[kind]
     specs = {q.name: q for q in model.quantities()}
     problems: list[str] = []
@@ -181,8 +182,11 @@ def check_field_map(kind: str, fields: Sequence[FieldMap], default_channel: str 
             )
             continue
         if spec.role == Role.STATE:
-            problems.append(f"{where}.field: {mapping.field!r} is a state, not a number")
-            continue
+            problems += _state_table_problems(where, mapping, spec.states)
+        elif mapping.states is not None:
+            problems.append(
+                f"{where}.states: {mapping.field!r} is a number, not a state; use scale and offset"
+            )
         channel = mapping.channel if mapping.channel is not None else default_channel
         if model.channel is None and channel is not None:
             problems.append(f"{where}.channel: {kind} readings have no channel")
@@ -216,6 +220,22 @@ def check_field_map(kind: str, fields: Sequence[FieldMap], default_channel: str 
             )
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def _state_table_problems(where: str, mapping: FieldMap, allowed: Sequence[str]) -> list[str]:
+    """A state field needs a table of codes, each naming one of the quantity's states."""
+    if mapping.states is None:
+        example = f'states = {{ 0 = "{allowed[0]}" }}'
+        return [
+            f"{where}.states: {mapping.field!r} is a state: map the device's codes to "
+            f"{', '.join(allowed)}, e.g. {example}"
+        ]
+    return [
+        f"{where}.states.{code}: {state!r} is not a state of {mapping.field}; "
+        f"allowed: {', '.join(allowed)}"
+        for code, state in mapping.states.items()
+        if state not in allowed
+    ]
 
 
 class GatewaySettings(FileSettings):

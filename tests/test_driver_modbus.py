@@ -44,6 +44,7 @@ from devices.emulators.modbus_device import (
     sample_config,
     simulated_unit,
 )
+from devices.highway import SurfaceState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -662,18 +663,47 @@ async def test_a_field_device_retries_and_counts_each_failed_attempt() -> None:
 # --- the emulator's own register layout ----------------------------------------------------
 
 
-def test_the_emulator_prints_a_configuration_the_gateway_accepts(tmp_path: Path) -> None:
-    unit, channel = simulated_unit(4, "water_quality", seed=1)
+@pytest.mark.parametrize("kind", ["water_quality", "road_weather"])
+def test_the_emulator_prints_a_configuration_the_gateway_accepts(kind: str, tmp_path: Path) -> None:
+    unit, channel = simulated_unit(4, kind, seed=1)
     text = sample_config(
-        4, "water_quality", channel, {"type": "modbus_tcp", "host": "127.0.0.1", "port": 5020}
+        4, kind, channel, {"type": "modbus_tcp", "host": "127.0.0.1", "port": 5020}
     )
     path = tmp_path / "gateway.toml"
     path.write_text('[gateway]\nid = "gw-1"\nsite = "site-1"\n' + text)
     (device,) = load_gateway_config(path).devices
     assert isinstance(device.source, ModbusTcpSource)
-    assert [f.field for f in device.source.fields] == kind_register_map("water_quality")
-    assert len(unit.holding) == 2 * len(kind_register_map("water_quality"))
+    layout = kind_register_map(kind)
+    assert [f.field for f in device.source.fields] == [r.name for r in layout]
+    assert len(unit.holding) == sum(REGISTERS[r.data_type] for r in layout)
+    assert len(plan_reads(device.source.fields)) == 1, "the registers lie without gaps"
     assert tomllib.loads(text)["devices"][0]["source"]["unit"] == 4
+
+
+async def test_the_emulator_serves_a_state_as_its_code() -> None:
+    unit, _ = simulated_unit(1, "road_weather", seed=5)
+    async with ModbusEmulator([unit]) as emulator:
+        source = ModbusTcpSource.model_validate(
+            tomllib.loads(
+                sample_config(
+                    1,
+                    "road_weather",
+                    None,
+                    {"type": "modbus_tcp", "host": "127.0.0.1", "port": emulator.port},
+                )
+            )["devices"][0]["source"]
+        )
+        driver = ModbusDriver(source)
+        station = FieldDevice("rws-1", "road_weather", list(source.fields), None, source, driver)
+        try:
+            (reading,) = await station.read(datetime.now(UTC))
+        finally:
+            await driver.close()
+    code = unit.holding[source.fields[1].address]
+    assert source.fields[1].states is not None
+    assert reading.values["surface_state"] == source.fields[1].states[code]
+    assert source.fields[1].states == dict(enumerate(get_args(SurfaceState)))
+    check_values("road_weather", None, reading.values)
 
 
 async def test_the_emulator_serves_the_simulators_values() -> None:

@@ -21,7 +21,13 @@ from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
 from devices import KINDS, Role
-from devices.drivers.modbus import DataType, RegisterTable, WordOrder, encode_registers
+from devices.drivers.modbus import (
+    REGISTERS,
+    DataType,
+    RegisterTable,
+    WordOrder,
+    encode_registers,
+)
 from devices.emulators.null_modem import NullModem
 from devices.simulators import make_simulator
 
@@ -211,25 +217,46 @@ class ModbusEmulator:
 # --- a device kind's quantities as registers, for trying the gateway without hardware ------
 
 
-def kind_register_map(kind: str) -> list[str]:
-    """The kind's numeric quantities, one float32 (two registers, big word order) each, at
-    holding registers 0, 2, 4..."""
-    return [q.name for q in KINDS[kind].quantities() if q.role != Role.STATE]
+@dataclass(frozen=True)
+class KindRegister:
+    """Where the emulator holds one of a kind's quantities: a number as float32 (two registers,
+    big word order), a state as a uint16 code, its index among the quantity's states."""
+
+    name: str
+    address: int
+    data_type: DataType
+    states: tuple[str, ...] = ()
+
+
+def kind_register_map(kind: str) -> list[KindRegister]:
+    """The kind's quantities in catalog order, in holding registers from 0 without gaps."""
+    layout: list[KindRegister] = []
+    address = 0
+    for q in KINDS[kind].quantities():
+        data_type: DataType = "uint16" if q.role == Role.STATE else "float32"
+        layout.append(KindRegister(q.name, address, data_type, q.states))
+        address += REGISTERS[data_type]
+    return layout
 
 
 def simulated_unit(unit: int, kind: str, *, seed: int = 0) -> tuple[ModbusUnit, str | None]:
     """A unit whose registers follow the kind's simulator (its first channel, if it has
     channels), refreshed at every request; and that channel."""
     simulator = make_simulator(kind, f"modbus-{unit}", seed=seed)
-    names = kind_register_map(kind)
+    layout = kind_register_map(kind)
     channel = simulator.sample(datetime.now(UTC))[0].channel
 
     def refresh(target: ModbusUnit) -> None:
         reading = simulator.sample(datetime.now(UTC))[0]
-        for index, name in enumerate(names):
-            value = reading.values.get(name)
-            number = float(value) if isinstance(value, int | float) else 0.0
-            target.set("holding", 2 * index, number, "float32")
+        for register in layout:
+            value = reading.values.get(register.name)
+            if register.states:
+                # A state the simulator left out (optional) reads as code 0.
+                code = register.states.index(value) if value in register.states else 0
+                target.set("holding", register.address, code, "uint16")
+            else:
+                number = float(value) if isinstance(value, int | float) else 0.0
+                target.set("holding", register.address, number, "float32")
 
     device = ModbusUnit(unit)
     refresh(device)
@@ -253,14 +280,17 @@ def sample_config(
     for key, value in source.items():
         lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
     lines.append(f"unit = {unit}")
-    for index, name in enumerate(kind_register_map(kind)):
+    for register in kind_register_map(kind):
         lines += [
             "",
             "[[devices.source.fields]]",
-            f'field = "{name}"',
-            f"address = {2 * index}",
-            'data_type = "float32"',
+            f'field = "{register.name}"',
+            f"address = {register.address}",
+            f'data_type = "{register.data_type}"',
         ]
+        if register.states:
+            codes = ", ".join(f'{code} = "{state}"' for code, state in enumerate(register.states))
+            lines.append(f"states = {{ {codes} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -277,8 +307,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m devices.emulators.modbus_device",
         description="Emulate Modbus devices with pymodbus's server (TCP on 127.0.0.1 or RTU on a "
-        "pseudo-terminal); each unit holds a device kind's simulated values as float32 holding "
-        "registers. Prints a gateway configuration for each unit.",
+        "pseudo-terminal); each unit holds a device kind's simulated values in holding registers "
+        "(numbers as float32, states as uint16 codes). Prints a gateway configuration for each "
+        "unit.",
     )
     parser.add_argument(
         "--unit",
