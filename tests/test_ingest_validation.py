@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from collector import wire
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port
-from devices import kind_of
+from devices.ecology import Hydrology
 from pipelines.config import InfluxSettings, QualitySettings
 from pipelines.dead_letter import DeadLetterStore
 from pipelines.influx_query import influx_query
@@ -231,8 +231,6 @@ async def test_every_bad_input_is_dead_lettered_and_good_readings_are_stored(
     assert await load_quality_history(checker, influx, history_s=86_400) == 1
     series = (SITE, GW, "hydro-1", "hydrology", None)
     # The site's range is beyond the catalog's: built without validation.
-    later = kind_of("hydrology").model_construct(
-        stage=4521.5, discharge=95.0, water_temperature=3.45
-    )
+    later = Hydrology.model_construct(stage=4521.5, discharge=95.0, water_temperature=3.45)
     assert checker.check(series, T0 + timedelta(seconds=44), later) is None
     assert checker.check(series, T0 + timedelta(seconds=45), later) == "stuck:stage"
