@@ -7,6 +7,7 @@ async def test_x(trace_stack):
 """
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -60,7 +61,7 @@ class TraceStack:
         records, _ = await asyncio.to_thread(load_trace, paths)
         options.setdefault("speed", None)
         progress = await replay(self.broker_settings, records, ReplayOptions(**options))
-        self.replayed.extend(records)
+        self.replayed.extend(records * options.get("loops", 1))
         if settle:
             await self.settle()
         return progress
@@ -114,23 +115,32 @@ class TraceStack:
             return await store.list(limit=100_000)
 
 
-@pytest_asyncio.fixture
-async def trace_stack(influxdb, influx_db: str, tmp_path: Path) -> AsyncIterator[TraceStack]:
-    """Start the stack: its own broker (retained messages stay in the test), the ingest, a fresh database."""
-    async with MosquittoServer(tmp_path / "mosquitto") as broker:
+@contextlib.asynccontextmanager
+async def open_trace_stack(influx_url: str, database: str, tmp: Path) -> AsyncIterator[TraceStack]:
+    """A broker of its own (retained messages stay in it), an ingest writing to ``database``."""
+    async with MosquittoServer(tmp / "mosquitto") as broker:
         ingest = IngestService(
             IngestSettings(
                 mqtt=MqttSettings(port=broker.port, client_id=f"ingest-{uuid.uuid4().hex[:8]}"),
-                influx=InfluxSettings(url=influxdb.url, database=influx_db),
+                influx=InfluxSettings(url=influx_url, database=database),
                 batch=BatchSettings(max_delay_s=0.1),
-                dead_letter=DeadLetterSettings(path=tmp_path / "dead-letters.sqlite3"),
+                dead_letter=DeadLetterSettings(path=tmp / "dead-letters.sqlite3"),
             )
         )
         task = asyncio.create_task(ingest.run())
-        await asyncio.wait_for(ingest.connected.wait(), 30)
-        yield TraceStack(broker, influxdb.url, influx_db, tmp_path / "dead-letters.sqlite3", ingest)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(ingest.connected.wait(), 30)
+            yield TraceStack(broker, influx_url, database, tmp / "dead-letters.sqlite3", ingest)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest_asyncio.fixture
+async def trace_stack(influxdb, influx_db: str, tmp_path: Path) -> AsyncIterator[TraceStack]:
+    """Start the stack: a fresh broker, the ingest, a fresh database on the session InfluxDB."""
+    async with open_trace_stack(influxdb.url, influx_db, tmp_path) as stack:
+        yield stack
 
 
 def _ns(text: str) -> int:

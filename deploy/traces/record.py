@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,9 +128,13 @@ async def record(
     source: str = "command line",
     subscribed: asyncio.Event | None = None,
     on_record: Callable[[TraceRecord], None] | None = None,
+    stats: RecordStats | None = None,
 ) -> RecordStats:
-    """Record until ``stop`` is set (or max_messages); the file is complete and valid on return."""
-    stats = RecordStats()
+    """Record until ``stop`` is set (or max_messages); the file is complete and valid on return.
+
+    ``stats`` (made here if not given) counts as messages arrive.
+    """
+    stats = stats if stats is not None else RecordStats()
     context = await asyncio.to_thread(client_tls, broker, source)
     writer = _RotatingWriter(options, broker_url(broker), stats)
     await writer.open()
@@ -191,3 +195,36 @@ async def _flush_every(writer: _RotatingWriter, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         await writer.flush()
+
+
+@contextlib.asynccontextmanager
+async def recording(
+    broker: BrokerSettings, options: RecordOptions, *, quiet_s: float = 1.0, timeout_s: float = 60
+) -> AsyncIterator[RecordStats]:
+    """Record while the body runs; on leaving, once nothing has arrived for ``quiet_s``, stop.
+
+    For scripts and tests that publish something and want all of it in the trace.
+    """
+    stop, subscribed = asyncio.Event(), asyncio.Event()
+    last = [time.monotonic()]
+
+    def heard(_: TraceRecord) -> None:
+        last[0] = time.monotonic()
+
+    stats = RecordStats()
+    task = asyncio.create_task(
+        record(broker, options, stop, subscribed=subscribed, on_record=heard, stats=stats)
+    )
+    waiter = asyncio.create_task(subscribed.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
+        await task  # raises what went wrong (broker unreachable ...)
+    try:
+        yield stats
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() - last[0] < quiet_s and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task

@@ -14,7 +14,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +26,7 @@ from collector.config import BrokerSettings
 from collector.gateway import Gateway
 from deploy.servers import MosquittoServer
 from deploy.stack import StackOptions, sample_gateways
-from deploy.traces.record import RecordOptions, record
+from deploy.traces.record import RecordOptions, recording
 from devices.simulators import make_simulator
 
 HERE = Path(__file__).parent
@@ -281,28 +280,13 @@ async def make(name: str, out_dir: Path) -> Path:
     """Run one scenario on a fresh broker while recording ecotel/v1/#; returns the trace path."""
     with tempfile.TemporaryDirectory() as tmp_text:
         tmp = Path(tmp_text)
+        out = tmp / f"{name}.trace.gz"
         async with MosquittoServer(tmp / "mosquitto") as broker:
-            last = [time.monotonic()]
-            stop, subscribed = asyncio.Event(), asyncio.Event()
-            out = tmp / f"{name}.trace.gz"
-            recorder = asyncio.create_task(
-                record(
-                    BrokerSettings(port=broker.port),
-                    RecordOptions(
-                        filters=["ecotel/v1/#"], out=out, note=f"tests/traces scenario {name}"
-                    ),
-                    stop,
-                    subscribed=subscribed,
-                    on_record=lambda _: last.__setitem__(0, time.monotonic()),
-                )
+            options = RecordOptions(
+                filters=["ecotel/v1/#"], out=out, note=f"tests/traces scenario {name}"
             )
-            await subscribed.wait()
-            await SCENARIOS[name](broker.port, tmp)
-            # Done once the recorder has heard nothing for a second.
-            while time.monotonic() - last[0] < 1.0:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-            stop.set()
-            await recorder
+            async with recording(BrokerSettings(port=broker.port), options):
+                await SCENARIOS[name](broker.port, tmp)
         target = out_dir / out.name
         shutil.copyfile(out, target)
         return target
