@@ -70,7 +70,7 @@ async def test_record_replay_record_gives_same_points_and_bytes(
 def _sixty_seconds() -> list[TraceRecord]:
     rng = random.Random(5)
     t = 1_780_000_000_000_000
-    records = []
+    records: list[TraceRecord] = []
     while True:
         records.append(TraceRecord(t, f"bench/{len(records) % 4}", b"x" * rng.randint(10, 500), 1))
         t += rng.randint(10_000, 400_000)
