@@ -369,6 +369,121 @@ def test_the_field_map_is_checked_against_the_kind() -> None:
         check_field_map("energy_meter", source.fields, "it_load")
 
 
+# --- states: a state quantity's integer codes ------------------------------------------------
+
+SURFACE_STATES: tuple[str, ...] = get_args(SurfaceState)
+
+ROAD_WEATHER_TOML = """
+[[devices]]
+id = "rws-1"
+kind = "road_weather"
+
+[devices.source]
+type = "modbus_tcp"
+host = "127.0.0.1"
+fields = [
+    { field = "surface_temperature", address = 0, data_type = "int16", scale = 0.1 },
+    { field = "surface_state", address = 1, states = { 0 = "dry", 1 = "moist", 2 = "wet", 5 = "ice" } },
+    { field = "water_film", address = 2, scale = 0.01 },
+    { field = "visibility", address = 3 },
+    { field = "air_temperature", address = 4, data_type = "int16", scale = 0.1 },
+    { field = "relative_humidity", address = 5 },
+    { field = "wind_speed", address = 6, scale = 0.1 },
+]
+"""
+
+
+def test_a_state_field_loads_with_its_codes(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[gateway]\nid = "gw-1"\nsite = "site-1"\n' + ROAD_WEATHER_TOML)
+    (device,) = load_gateway_config(path).devices
+    assert isinstance(device.source, ModbusTcpSource)
+    assert device.source.fields[1].states == {0: "dry", 1: "moist", 2: "wet", 5: "ice"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "problem"),
+    [
+        (
+            ', states = { 0 = "dry", 1 = "moist", 2 = "wet", 5 = "ice" }',
+            "",
+            "devices.0",
+            "source.fields.1.states: 'surface_state' is a state: map the device's codes to "
+            "dry, moist, wet, slush, snow, ice, frost",
+        ),
+        (
+            '5 = "ice"',
+            '5 = "icy"',
+            "devices.0",
+            "source.fields.1.states.5: 'icy' is not a state of surface_state; allowed: dry,",
+        ),
+        (
+            "address = 1, states",
+            "address = 1, scale = 1.0, states",
+            "devices.0.source.modbus_tcp.fields.1.scale",
+            "scale does not apply",
+        ),
+        (
+            '5 = "ice" }',
+            '5 = "ice" }, offset = -1',
+            "devices.0.source.modbus_tcp.fields.1.offset",
+            "offset does not apply",
+        ),
+        (
+            "address = 2, scale = 0.01",
+            'address = 2, states = { 0 = "dry" }',
+            "devices.0",
+            "source.fields.2.states: 'water_film' is a number, not a state; use scale and offset",
+        ),
+        (
+            '{ 0 = "dry", 1 = "moist", 2 = "wet", 5 = "ice" }',
+            "{}",
+            "devices.0.source.modbus_tcp.fields.1.states",
+            "at least 1 item",
+        ),
+        ('2 = "wet"', 'two = "wet"', "devices.0.source.modbus_tcp.fields.1.states.two", "integer"),
+    ],
+)
+def test_a_bad_state_table_names_file_and_key(
+    old: str, new: str, key: str, problem: str, tmp_path: Path
+) -> None:
+    assert old in ROAD_WEATHER_TOML
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[gateway]\nid = "gw-1"\nsite = "site-1"\n' + ROAD_WEATHER_TOML.replace(old, new)
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert key in message
+    assert problem in message
+
+
+state_tables = st.dictionaries(
+    st.integers(-(2**31), 2**32), st.sampled_from(SURFACE_STATES), min_size=1
+)
+
+
+@given(state_tables, st.one_of(st.integers(-(2**31), 2**32), st.floats(allow_nan=True)))
+def test_a_code_becomes_its_state_or_a_bad_response(table: dict[int, str], raw: float) -> None:
+    mapping = FieldMap(field="surface_state", states=table)
+    code = int(raw) if math.isfinite(raw) and raw == int(raw) else None
+    if code in table:
+        assert mapping.apply(float(raw)) == table[code]
+    else:
+        with pytest.raises(DeviceError) as caught:
+            mapping.apply(float(raw))
+        assert caught.value.reason == "bad_response"
+        assert "surface_state" in caught.value.detail
+
+
+@given(state_tables)
+def test_every_code_of_a_table_maps(table: dict[int, str]) -> None:
+    mapping = FieldMap(field="surface_state", states=table)
+    assert {code: mapping.apply(float(code)) for code in table} == table
+
+
 # --- the driver against pymodbus's server ----------------------------------------------------
 
 
@@ -658,6 +773,45 @@ async def test_a_field_device_retries_and_counts_each_failed_attempt() -> None:
         finally:
             for driver in b.drivers:
                 await driver.close()
+
+
+async def test_an_unmapped_state_code_fails_the_poll_as_a_counted_bad_response() -> None:
+    station = (
+        ModbusUnit(1)
+        .set("holding", 0, 2, "uint16")
+        .set("holding", 1, -35, "int16")
+        .set("holding", 2, 140, "uint16")
+    )
+    fields: list[dict[str, Any]] = [
+        {"field": "surface_state", "address": 0, "states": {0: "dry", 2: "wet", 5: "ice"}},
+        {"field": "surface_temperature", "address": 1, "data_type": "int16", "scale": 0.1},
+        {"field": "water_film", "address": 2, "scale": 0.01},
+    ]
+    async with ModbusEmulator([station]) as emulator:
+        source = ModbusTcpSource.model_validate(
+            Bench(emulator, "tcp").source(1, fields, timeout_s=1.0, retries=1)
+        )
+        driver = ModbusDriver(source)
+        device = FieldDevice("rws-1", "road_weather", list(source.fields), None, source, driver)
+        at = datetime(2026, 1, 15, tzinfo=UTC)
+        try:
+            (reading,) = await device.read(at)
+            assert reading.values == {
+                "surface_state": "wet",
+                "surface_temperature": pytest.approx(-3.5),
+                "water_film": pytest.approx(1.4),
+            }
+            station.set("holding", 0, 3, "uint16")
+            with pytest.raises(DeviceError) as caught:
+                await device.read(at)
+            assert caught.value.reason == "bad_response"
+            assert "surface_state: code 3 is not in its states (0, 2, 5)" in str(caught.value)
+            assert device.errors == {"bad_response": 2}, "each attempt counted"
+            station.set("holding", 0, 5, "uint16")
+            (reading,) = await device.read(at)
+            assert reading.values["surface_state"] == "ice"
+        finally:
+            await driver.close()
 
 
 # --- the emulator's own register layout ----------------------------------------------------
