@@ -2,6 +2,7 @@
 Modbus TCP on loopback), through broker and ingest into InfluxDB."""
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,106 @@ async def test_modbus_devices_reach_influxdb_and_a_silent_one_is_counted(
     assert gateway.stats.device_errors["wq-dead"] >= 6
     assert set(gateway.stats.device_errors) == {"wq-dead"}
     assert dead.requests >= 12, "each failed poll was tried twice"
+
+
+def _road_weather_source(port: int, unit: int) -> dict[str, Any]:
+    # A station with its values as scaled integers and its surface state as a code.
+    fields: list[dict[str, Any]] = [
+        {"field": "surface_temperature", "address": 0, "data_type": "int16", "scale": 0.1},
+        {
+            "field": "surface_state",
+            "address": 1,
+            "states": {0: "dry", 1: "moist", 2: "wet", 3: "slush", 4: "snow", 5: "ice"},
+        },
+        {"field": "water_film", "address": 2, "scale": 0.01},
+        {"field": "visibility", "address": 3},
+        {"field": "air_temperature", "address": 4, "data_type": "int16", "scale": 0.1},
+        {"field": "relative_humidity", "address": 5},
+        {"field": "wind_speed", "address": 6, "scale": 0.1},
+    ]
+    return {
+        "type": "modbus_tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "unit": unit,
+        "timeout_s": 1.0,
+        "retries": 1,
+        "fields": fields,
+    }
+
+
+def _road_weather_unit(unit: int, surface_code: int) -> ModbusUnit:
+    return (
+        ModbusUnit(unit)
+        .set("holding", 0, -42, "int16")
+        .set("holding", 1, surface_code, "uint16")
+        .set("holding", 2, 35, "uint16")
+        .set("holding", 3, 850, "uint16")
+        .set("holding", 4, -61, "int16")
+        .set("holding", 5, 93, "uint16")
+        .set("holding", 6, 47, "uint16")
+    )
+
+
+@pytest.mark.slow
+async def test_a_road_weather_station_reports_its_surface_state_as_a_string(
+    harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    icy = _road_weather_unit(1, 5)
+    # Code 9 is not in the station's table (a firmware with a new state, say).
+    unknown = _road_weather_unit(2, 9)
+    caplog.set_level(logging.WARNING, "ecotel.gateway")
+    async with ModbusEmulator([icy, unknown]) as emulator:
+        settings = GatewaySettings.model_validate(
+            {
+                "gateway": {
+                    "id": GATEWAY,
+                    "site": SITE,
+                    "state_dir": str(tmp_path / "state"),
+                    "batch_max_delay_s": 0.1,
+                },
+                "broker": {"port": harness.broker.port},
+                "devices": [
+                    {
+                        "id": "rws-1",
+                        "kind": "road_weather",
+                        "interval_s": 0.3,
+                        "source": _road_weather_source(emulator.port, 1),
+                    },
+                    {
+                        "id": "rws-2",
+                        "kind": "road_weather",
+                        "interval_s": 0.3,
+                        "source": _road_weather_source(emulator.port, 2),
+                    },
+                ],
+            }
+        )
+        gateway = Gateway(settings)
+        task = asyncio.create_task(gateway.run())
+        await asyncio.sleep(2.0)
+        gateway.stop()
+        await task
+
+    await harness.settle(gateway.stats.published)
+    rows = await _values(
+        harness,
+        "SELECT surface_state, surface_temperature, water_film, visibility, air_temperature, "
+        "relative_humidity, wind_speed, device FROM road_weather",
+    )
+    assert len(rows) >= 4
+    assert len(rows) == gateway.stats.polled
+    assert {(row[1], row[4], row[6], row[8]) for row in rows} == {("ice", 850.0, 93.0, "rws-1")}
+    assert all(
+        row[2:4] == [pytest.approx(-4.2), pytest.approx(0.35)]
+        and row[5] == pytest.approx(-6.1)
+        and row[7] == pytest.approx(4.7)
+        for row in rows
+    )
+    # Every poll of the station with an unknown code failed; nothing was made up for it.
+    assert gateway.stats.device_errors["rws-2"] >= 4
+    assert set(gateway.stats.device_errors) == {"rws-2"}
+    assert unknown.requests >= 8, "each failed poll was tried twice"
+    assert "device rws-2: poll failed (1 in a row): bad_response: surface_state: code 9" in (
+        caplog.text
+    )
