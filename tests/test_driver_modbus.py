@@ -4,6 +4,7 @@ and the driver against pymodbus's own server over TCP on loopback and RTU on a p
 import asyncio
 import logging
 import math
+import re
 import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -399,6 +400,19 @@ def test_a_state_field_loads_with_its_codes(tmp_path: Path) -> None:
     (device,) = load_gateway_config(path).devices
     assert isinstance(device.source, ModbusTcpSource)
     assert device.source.fields[1].states == {0: "dry", 1: "moist", 2: "wet", 5: "ice"}
+
+
+def test_the_commented_road_weather_station_in_the_highway_sample_loads(tmp_path: Path) -> None:
+    sample = Path(__file__).parent.parent / "deploy" / "gateway" / "highway.toml"
+    # Uncomment the commented-out configuration lines (keys and tables), not the prose.
+    text = re.sub(r"(?m)^# (\[|[a-z_]+ = )", r"\1", sample.read_text())
+    path = tmp_path / "highway.toml"
+    path.write_text(text.replace('state_dir = "gateway-state"', f'state_dir = "{tmp_path}"'))
+    station = load_gateway_config(path).devices[-1]
+    assert station.kind == "road_weather"
+    assert isinstance(station.source, ModbusTcpSource)
+    (state,) = (f for f in station.source.fields if f.field == "surface_state")
+    assert state.states == dict(enumerate(SURFACE_STATES))
 
 
 @pytest.mark.parametrize(
