@@ -1,6 +1,7 @@
 """The ``[derive]`` section of the ingest configuration: data-center meter maps, windows, delays."""
 
 from datetime import timedelta, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Self
 
@@ -195,6 +196,11 @@ class DeriveSettings(_Section):
         if len(set(sites)) != len(sites):
             raise ValueError("datacenters: a site is mapped twice")
         return self
+
+    @cached_property
+    def water_kinds(self) -> frozenset[str]:
+        """Measurements that hold some site's water counter."""
+        return frozenset(w.measurement for d in self.datacenters for w in d.water)
 
     @property
     def max_split(self) -> timedelta:

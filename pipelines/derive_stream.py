@@ -4,6 +4,7 @@ a recomputer for the windows the written readings touched (docs/analytics.md).""
 import asyncio
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -83,6 +84,7 @@ class Deriver:
             return points, done
         site, gateway = decoded.site, decoded.gateway
         keys: set[WindowKey] = set()
+        last: tuple[str, str, datetime] | None = None
         for reading, values in decoded.readings:
             line = derived_line(
                 site=site,
@@ -95,9 +97,11 @@ class Deriver:
             )
             if line is not None:
                 points.append(Point(line, line.split(",", 1)[0], topic, reading=False))
-            keys |= keys_for_reading(
-                self.settings, site, reading.kind, reading.device, reading.time
-            )
+            # The channels of one device share its time: their windows once.
+            touched = (reading.kind, reading.device, reading.time)
+            if touched != last:
+                keys |= keys_for_reading(self.settings, site, *touched)
+                last = touched
         if not keys:
             return points, done
 

