@@ -23,6 +23,7 @@ from collector.field_device import FieldDevice
 from collector.settings_loader import ConfigError
 from devices.catalog import check_values
 from devices.drivers.base import DeviceError, FieldMap
+from devices.drivers.dlt645 import Dlt645Field
 from devices.drivers.modbus import (
     MAX_READ_REGISTERS,
     REGISTERS,
@@ -38,6 +39,7 @@ from devices.drivers.modbus import (
     exception_text,
     plan_reads,
 )
+from devices.drivers.sdi12 import Sdi12Field
 from devices.emulators.modbus_device import (
     ModbusEmulator,
     ModbusUnit,
@@ -490,6 +492,25 @@ def test_a_code_becomes_its_state_or_a_bad_response(table: dict[int, str], raw: 
             mapping.apply(float(raw))
         assert caught.value.reason == "bad_response"
         assert "surface_state" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("model", "address"),
+    [
+        (ModbusField, {"address": 1}),
+        (Sdi12Field, {"index": 1}),
+        (Dlt645Field, {"data_id": "00000000"}),
+    ],
+)
+def test_every_protocol_field_takes_a_state_table(
+    model: type[FieldMap], address: dict[str, object]
+) -> None:
+    mapping = model.model_validate({"field": "surface_state", "states": {"4": "snow"}} | address)
+    assert mapping.apply(4.0) == "snow"
+    with pytest.raises(ValidationError, match="scale does not apply"):
+        model.model_validate(
+            {"field": "surface_state", "states": {"4": "snow"}, "scale": 2} | address
+        )
 
 
 @given(state_tables)
