@@ -279,6 +279,11 @@ def _import(args: argparse.Namespace) -> int:
     )
     if stats.gaps:
         print(f"warning: {stats.gaps} streams miss bytes (lost by the capture); cut there")
+    if stats.truncated_packets:
+        print(
+            f"warning: the capture cut {stats.truncated_packets} packets short (snap length, or "
+            "loopback packets larger than the interface MTU)"
+        )
     if stats.undecoded:
         print(f"warning: {stats.undecoded} connections are not readable MQTT (TLS? start missing?)")
     return 0

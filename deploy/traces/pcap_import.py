@@ -37,6 +37,9 @@ class ImportStats:
     mqtt_packets: Counter[str] = field(default_factory=Counter)
     gaps: int = 0
     """Streams with missing bytes (a segment the capture lost): parsing stops there."""
+    truncated_packets: int = 0
+    """Packets the capture cut short (snap length; libpcap also caps frames at the interface
+    MTU, and loopback GSO packets of 64 KiB exceed it): their streams have gaps."""
     undecoded: int = 0
     """Streams that are not MQTT (or TLS), or whose start was not captured."""
     versions: Counter[str] = field(default_factory=Counter)
@@ -65,6 +68,8 @@ def _packets(path: Path, stats: ImportStats) -> Iterator[tuple[int, Any, Any]]:
             stats.packets += 1
             if TCP not in packet:
                 continue
+            if getattr(packet, "wirelen", None) and packet.wirelen > len(packet):
+                stats.truncated_packets += 1
             ip = packet.getlayer(IP) or packet.getlayer(IPv6)
             if ip is None:
                 continue

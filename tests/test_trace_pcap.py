@@ -1,0 +1,201 @@
+"""Packet captures to traces: tcpdump records real clients (mosquitto_pub 3.1.1 and 5, ecotel's gateway)
+talking to a real broker; the import must give the messages the broker delivered to a subscriber."""
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.utils import PcapNgWriter, PcapReader
+
+from collector.config import BrokerSettings
+from collector.gateway import Gateway
+from deploy.servers import MosquittoServer, find_binary
+from deploy.stack import StackOptions, sample_gateways
+from deploy.traces.file_format import TraceRecord, load_trace
+from deploy.traces.pcap_import import import_capture
+from deploy.traces.record import RecordOptions, recording
+
+pytestmark = pytest.mark.slow
+
+BIG = bytes(range(256)) * 1200  # 300 KB: many TCP segments even on loopback
+SMALL = ["field/v311/lines", "field/v5/props", "ecotel/v1/#"]
+
+
+@contextlib.asynccontextmanager
+async def tcpdump(port: int, out: Path) -> AsyncIterator[None]:
+    binary = shutil.which("tcpdump") or shutil.which("tcpdump", path="/usr/sbin:/usr/bin")
+    if binary is None:
+        pytest.skip("tcpdump is not installed")
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        "-i",
+        "lo",
+        "-U",
+        "-s",
+        "262144",
+        "-w",
+        str(out),
+        "tcp",
+        "port",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        line = await asyncio.wait_for(proc.stderr.readline(), 10)
+    except TimeoutError:
+        line = b""
+    if b"listening on" not in line:
+        proc.kill()
+        rest = await proc.stderr.read()
+        pytest.skip(f"tcpdump cannot capture on lo here: {(line + rest).decode(errors='replace')}")
+    try:
+        yield
+    finally:
+        await asyncio.sleep(0.3)  # let the last packets reach the file
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def _mosquitto_pub(port: int, *args: str, stdin: bytes | None = None) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(find_binary("mosquitto_pub")),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+    )
+    await proc.communicate(stdin)
+    assert proc.returncode == 0, args
+
+
+def _key(rec: TraceRecord) -> tuple[Any, ...]:
+    users = tuple(map(tuple, (rec.props or {}).get("UserProperty", [])))
+    return (rec.topic, rec.payload, rec.qos, rec.retain, users)
+
+
+async def test_capture_of_311_and_5_clients_imports_as_the_broker_delivered(tmp_path: Path) -> None:
+    big_file = tmp_path / "big.bin"
+    big_file.write_bytes(BIG)
+    capture = tmp_path / "mqtt.pcap"
+    heard_path = tmp_path / "heard.trace.gz"
+    async with MosquittoServer(tmp_path / "mosquitto") as broker:
+        port = broker.port
+        async with tcpdump(port, capture):
+            settings = BrokerSettings(port=port)
+            # The subscriber takes all but the big messages: the broker writes a big delivery as
+            # one 64 KiB loopback packet, which libpcap cuts at the MTU. The big ones are checked
+            # against the bytes mosquitto_pub sent, which reach the broker in many segments.
+            small = RecordOptions(filters=SMALL, out=heard_path)
+            async with recording(settings, small):
+                await _mosquitto_pub(
+                    port,
+                    "-V",
+                    "mqttv311",
+                    "-q",
+                    "1",
+                    "-t",
+                    "field/v311/lines",
+                    "-l",
+                    stdin=b"".join(f"line {i} \xe6\xb2\xb1\n".encode() for i in range(20)),
+                )
+                await _mosquitto_pub(
+                    port,
+                    "-V",
+                    "mqttv311",
+                    "-q",
+                    "0",
+                    "-r",
+                    "-t",
+                    "field/v311/big",
+                    "-f",
+                    str(big_file),
+                )
+                await _mosquitto_pub(
+                    port,
+                    "-V",
+                    "mqttv5",
+                    "-q",
+                    "2",
+                    "-t",
+                    "field/v5/props",
+                    "-m",
+                    "with properties",
+                    "-D",
+                    "publish",
+                    "user-property",
+                    "site",
+                    "沱沱河",
+                    "-D",
+                    "publish",
+                    "content-type",
+                    "text/plain",
+                )
+                await _mosquitto_pub(
+                    port, "-V", "mqttv5", "-q", "1", "-t", "field/v5/big", "-f", str(big_file)
+                )
+                # ecotel's own collector (aiomqtt, MQTT 3.1.1) with its status, readings and health.
+                config = sample_gateways(StackOptions(data_dir=tmp_path, interval_s=0.25), port)[0]
+                gateway = Gateway(config)
+                task = asyncio.create_task(gateway.run())
+                await asyncio.sleep(1.5)
+                gateway.stop()
+                await task
+    heard, _ = load_trace([heard_path])
+    assert len(heard) >= 20 + 1 + 4
+
+    published, stats = import_capture(capture, broker_ports={port}, direction="to-broker")
+    assert stats.versions["3.1.1"] >= 3, stats.versions
+    assert stats.versions["5"] >= 2, stats.versions
+    big = [r for r in published if r.topic.endswith("/big")]
+    assert [(r.topic, r.payload, r.qos, r.retain) for r in big] == [
+        ("field/v311/big", BIG, 0, True),
+        ("field/v5/big", BIG, 1, False),
+    ]
+    delivered = [r for r in published if not r.topic.endswith("/big")]
+    assert sorted(map(_key, delivered)) == sorted(map(_key, heard))
+    v5 = next(r for r in delivered if r.topic == "field/v5/props")
+    assert v5.props is not None
+    assert v5.props["ContentType"] == "text/plain"
+
+    # The broker's side of the capture: what it sent the subscriber, in the order it arrived.
+    sent, _ = import_capture(capture, broker_ports={port}, direction="from-broker")
+    assert [_key(r) for r in sent] == [_key(r) for r in heard]
+
+    # pcapng holds the same packets; the command line gives the same trace.
+    capture_ng = tmp_path / "mqtt.pcapng"
+    with PcapReader(str(capture)) as reader, PcapNgWriter(str(capture_ng)) as writer:
+        for packet in reader:
+            writer.write(packet)
+    out = tmp_path / "imported.trace.gz"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "deploy.traces",
+            "import-pcap",
+            str(capture_ng),
+            "-o",
+            str(out),
+            "--broker-port",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"{len(published):,} PUBLISH messages" in result.stdout
+    imported, _ = load_trace([out])
+    assert [_key(r) for r in imported] == [_key(r) for r in published]
+    assert [r.t_us for r in imported] == [r.t_us for r in published]
