@@ -68,7 +68,8 @@ def _packets(path: Path, stats: ImportStats) -> Iterator[tuple[int, Any, Any]]:
             stats.packets += 1
             if TCP not in packet:
                 continue
-            if getattr(packet, "wirelen", None) and packet.wirelen > len(packet):
+            wirelen = getattr(packet, "wirelen", None)
+            if isinstance(wirelen, int) and wirelen > len(packet):
                 stats.truncated_packets += 1
             ip = packet.getlayer(IP) or packet.getlayer(IPv6)
             if ip is None:
