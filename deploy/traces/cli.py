@@ -25,7 +25,6 @@ from deploy.traces.file_format import (
     write_trace,
 )
 from deploy.traces.inspect import render, summarise
-from deploy.traces.pcap_import import CaptureError, import_capture
 from deploy.traces.record import RecordOptions, record
 from deploy.traces.replay import ReplayOptions, ReplayProgress, replay
 from deploy.traces.rewrite import Rewrite, parse_mapping
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             return _inspect(args)
         return _trim(args)
-    except (ConfigError, TraceError, CaptureError, ValueError) as exc:
+    except (ConfigError, TraceError, ValueError) as exc:
         print(f"ecotel-trace: {exc}", file=sys.stderr)
         return 2
     except aiomqtt.MqttError as exc:
@@ -257,12 +256,19 @@ async def _replay(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    records, stats = import_capture(
-        args.capture,
-        broker_ports=set(args.broker_port or [1883]),
-        direction=args.direction,
-        assume_version=5 if args.assume_version == "5" else 4,
-    )
+    # scapy takes a second to import: only this command pays for it.
+    from deploy.traces.pcap_import import CaptureError, import_capture
+
+    try:
+        records, stats = import_capture(
+            args.capture,
+            broker_ports=set(args.broker_port or [1883]),
+            direction=args.direction,
+            assume_version=5 if args.assume_version == "5" else 4,
+        )
+    except CaptureError as exc:
+        print(f"ecotel-trace: {exc}", file=sys.stderr)
+        return 2
     first = records[0].arrived if records else datetime.now(UTC)
     header = TraceHeader(
         broker=f"capture {args.capture.name}",
