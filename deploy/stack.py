@@ -27,7 +27,9 @@ from pipelines.config import (
     InfluxSettings,
     IngestSettings,
     MqttSettings,
+    load_ingest_config,
 )
+from pipelines.derive_config import DeriveSettings
 from pipelines.influx_query import influx_query
 from pipelines.service import IngestService
 
@@ -105,6 +107,12 @@ def sample_gateways(options: StackOptions, mqtt_port: int) -> list[GatewaySettin
     return gateways
 
 
+def sample_derive() -> DeriveSettings:
+    """The shipped sample ingest config's [derive] section: the sample data center's meter map."""
+    with resources.as_file(resources.files("deploy") / "ingest" / "ingest.toml") as path:
+        return load_ingest_config(path).derive
+
+
 async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
     """Run everything until ``stop`` is set or the duration has passed; then shut down cleanly."""
     require_binaries()
@@ -125,6 +133,7 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
                 batch=BatchSettings(max_delay_s=0.5),
                 dead_letter=DeadLetterSettings(path=data / "ingest" / "dead-letters.sqlite3"),
                 stats_interval_s=60,
+                derive=sample_derive(),
             )
         )
         gateways = [Gateway(s) for s in sample_gateways(options, broker.port)]
