@@ -28,6 +28,18 @@ from devices import Reading
 
 log = logging.getLogger("ecotel.gateway")
 
+_IN_FLIGHT = 8
+"""Messages published and not yet acknowledged at once (paho allows 20)."""
+
+
+def _raise_failure(sending: set[asyncio.Task[None]]) -> None:
+    """Forget the sends that are done; re-raise the first that failed (a lost link)."""
+    for task in [t for t in sending if t.done()]:
+        sending.discard(task)
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
+
 
 class BrokerRefused(Exception):
     """The broker refused the gateway's credentials or certificate at its first connection."""
@@ -363,22 +375,46 @@ class Gateway:
         await client.publish(self._status_topic, message.encode(), qos=wire.QOS, retain=True)
 
     async def _publish_batches(self, client: aiomqtt.Client) -> None:
-        while True:
-            # A message reserved before a crash or a lost link goes first, with
-            # the same seq and bytes: the broker may have had it.
-            message = await self.outbox.inflight() or await self._next_message()
-            if message is None:
+        # Messages reserved before a crash or a lost link go first, with the same
+        # seq and bytes (the broker may have had them), and are acknowledged
+        # before anything new is reserved.
+        sending = {
+            asyncio.create_task(self._send(client, m))
+            for m in await self.outbox.inflight_messages()
+        }
+        try:
+            while sending:
+                await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                _raise_failure(sending)
+            # Up to _IN_FLIGHT messages wait for their PUBACK at once: one at a
+            # time, a drain would spend most of its time waiting for round trips.
+            while True:
+                _raise_failure(sending)
+                if len(sending) >= _IN_FLIGHT:
+                    await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                message = await self._next_message()
+                if message is not None:
+                    sending.add(asyncio.create_task(self._send(client, message)))
+                    continue
                 if self._all_committed.is_set() and not self.outbox.pending:
                     return
                 self._committed.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.1):
                         await self._committed.wait()
-                continue
-            await client.publish(self._topic, message.payload, qos=wire.QOS)
-            await self.outbox.acknowledged(message)
-            self.stats.messages += 1
-            self.stats.published += len(message.ids)
+        finally:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+
+    async def _send(self, client: aiomqtt.Client, message: OutgoingMessage) -> None:
+        await client.publish(self._topic, message.payload, qos=wire.QOS)
+        # Shielded: once the broker has it, a cancelled publisher must not leave
+        # the acknowledgement half written.
+        await asyncio.shield(self.outbox.acknowledged(message))
+        self.stats.messages += 1
+        self.stats.published += len(message.ids)
 
     async def _next_message(self) -> OutgoingMessage | None:
         """Live readings first, in full batches or once the oldest has waited long enough;

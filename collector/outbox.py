@@ -8,11 +8,15 @@ readings taken in the last group that was not yet committed; kill -9 the same.
 The message being published is stored with its sequence number and exact
 payload in the same transaction that reserves the number, so after a crash it
 is sent again byte for byte: the ingest sees a repeated ``seq`` (counted as a
-duplicate) and InfluxDB the same points (no duplicate data).
+duplicate) and InfluxDB the same points (no duplicate data). Several messages
+may be in flight at once; each is its own row until its PUBACK.
 """
 
+import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -85,6 +89,22 @@ class Outbox(DurableSqlite):
         # Lane sizes kept in memory: counting a days-long backlog per message would not scale.
         self._live = self._backlog = 0
         self.dropped = 0
+        # Messages reserved and not yet acknowledged, by seq: the next reservation
+        # of a lane starts after the newest of them.
+        self._sending: dict[int, OutgoingMessage] = {}
+        # One writer at a time: sqlite3 commits whatever the connection has pending,
+        # so two coroutines interleaving statements would commit each other's halves.
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._lock:
+            try:
+                yield
+            except BaseException:
+                await self.db.rollback()
+                raise
+            await self.db.commit()
 
     async def opened(self) -> None:
         async with self.db.execute("PRAGMA table_info(readings)") as cur:
@@ -152,20 +172,21 @@ class Outbox(DurableSqlite):
         ]
         held = sum(1 for m in monos if m is not None)
         incoming = sum(len(row[1]) for row in rows)
-        dropped = 0
-        if self._bytes + incoming > self.max_bytes:
-            if self.policy == "drop_newest":
-                dropped = len(rows)
-                await self._count_dropped(dropped)
-                return dropped
-            dropped = await self._drop_oldest(self._bytes + incoming - self.max_bytes)
-        cursor = await self.db.executemany(
-            "INSERT INTO readings (taken_at, body, held, boot, mono) VALUES (?, ?, ?, ?, ?)", rows
-        )
-        await cursor.close()
-        await self.db.commit()
-        async with self.db.execute("SELECT max(id) FROM readings") as cur:
-            row = await cur.fetchone()
+        async with self._transaction():
+            if self._bytes + incoming > self.max_bytes:
+                if self.policy == "drop_newest":
+                    await self._count_dropped(len(rows))
+                    return len(rows)
+                dropped = await self._drop_oldest(self._bytes + incoming - self.max_bytes)
+            else:
+                dropped = 0
+            cursor = await self.db.executemany(
+                "INSERT INTO readings (taken_at, body, held, boot, mono) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            await cursor.close()
+            async with self.db.execute("SELECT max(id) FROM readings") as cur:
+                row = await cur.fetchone()
         self._last_id = int(row[0] or 0) if row else self._last_id
         self._count += len(rows)
         self._live += len(rows) - held
@@ -175,23 +196,25 @@ class Outbox(DurableSqlite):
 
     async def correct_held(self, anchor: Anchor) -> int:
         """The clock is trusted again: give this boot's held readings their true time and release them."""
-        async with self.db.execute(
-            "SELECT id, mono, body FROM readings WHERE held = 1 AND boot = ?", (self.boot_id,)
-        ) as cur:
-            rows = list(await cur.fetchall())
         updates = []
-        for reading_id, mono, body in rows:
-            reading = Reading.model_validate_json(body)
-            fixed = reading.model_copy(
-                update={"time": anchor.wall_at(float(mono)), "clock": "corrected"}
+        grown = 0
+        async with self._transaction():
+            async with self.db.execute(
+                "SELECT id, mono, body FROM readings WHERE held = 1 AND boot = ?", (self.boot_id,)
+            ) as cur:
+                rows = list(await cur.fetchall())
+            for reading_id, mono, body in rows:
+                reading = Reading.model_validate_json(body)
+                fixed = reading.model_copy(
+                    update={"time": anchor.wall_at(float(mono)), "clock": "corrected"}
+                )
+                new_body = fixed.model_dump_json(exclude_none=True)
+                grown += len(new_body) - len(body)
+                updates.append((fixed.time.isoformat(), new_body, int(reading_id)))
+            await self.db.executemany(
+                "UPDATE readings SET taken_at = ?, body = ?, held = 0 WHERE id = ?", updates
             )
-            new_body = fixed.model_dump_json(exclude_none=True)
-            self._bytes += len(new_body) - len(body)
-            updates.append((fixed.time.isoformat(), new_body, int(reading_id)))
-        await self.db.executemany(
-            "UPDATE readings SET taken_at = ?, body = ?, held = 0 WHERE id = ?", updates
-        )
-        await self.db.commit()
+        self._bytes += grown
         for _, _, reading_id in updates:
             if reading_id <= self._live_floor:
                 self._backlog += 1
@@ -201,7 +224,8 @@ class Outbox(DurableSqlite):
         return len(updates)
 
     async def _drop_oldest(self, need: int) -> int:
-        # Never the readings of the message in flight: the broker may have them.
+        """Delete the oldest readings until ``need`` bytes are free; inside a transaction."""
+        # Never the readings of a message in flight: the broker may have them.
         busy = set(await self._inflight_ids())
         freed = dropped = 0
         ids: list[int] = []
@@ -226,31 +250,47 @@ class Outbox(DurableSqlite):
         return dropped
 
     async def _count_dropped(self, n: int) -> None:
+        """Add to the persistent drop count; inside a transaction."""
         self.dropped += n
         await self.db.execute(
             "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
             "ON CONFLICT(key) DO UPDATE SET value = ?",
             (self.dropped, self.dropped),
         )
-        await self.db.commit()
 
     async def inflight(self) -> OutgoingMessage | None:
-        """The message reserved but not acknowledged before (after a crash or a lost link)."""
-        async with self.db.execute(
-            "SELECT seq, payload, ids, lane FROM inflight ORDER BY seq"
-        ) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return OutgoingMessage(int(row[0]), bytes(row[1]), json.loads(row[2]), row[3])
+        """The oldest message reserved but not acknowledged (after a crash or a lost link)."""
+        messages = await self._read_inflight()
+        return messages[0] if messages else None
+
+    async def inflight_messages(self) -> list[OutgoingMessage]:
+        """Every message reserved but not acknowledged, oldest first; they go out again first."""
+        messages = await self._read_inflight()
+        self._sending = {m.seq: m for m in messages}
+        return messages
+
+    async def _read_inflight(self) -> list[OutgoingMessage]:
+        # Under the lock: after any acknowledgement still being written.
+        async with (
+            self._lock,
+            self.db.execute("SELECT seq, payload, ids, lane FROM inflight ORDER BY seq") as cur,
+        ):
+            rows = list(await cur.fetchall())
+        return [OutgoingMessage(int(r[0]), bytes(r[1]), json.loads(r[2]), r[3]) for r in rows]
 
     async def _inflight_ids(self) -> list[int]:
-        message = await self.inflight()
-        return message.ids if message else []
+        async with self.db.execute("SELECT ids FROM inflight") as cur:
+            return [i for (ids,) in await cur.fetchall() for i in json.loads(ids)]
 
     async def lanes(self) -> tuple[int, int]:
-        """(live, backlog) readings waiting, the message in flight included."""
-        return self._live, self._backlog
+        """(live, backlog) readings waiting to be reserved (not those in flight)."""
+        live, backlog = self._live, self._backlog
+        for message in self._sending.values():
+            if message.ids[-1] <= self._live_floor:
+                backlog -= len(message.ids)
+            else:
+                live -= len(message.ids)
+        return max(live, 0), max(backlog, 0)
 
     def _forget(self, ids: list[int]) -> None:
         backlog = sum(1 for i in ids if i <= self._live_floor)
@@ -267,74 +307,115 @@ class Outbox(DurableSqlite):
     async def reserve(
         self, lane: Lane, limit: int, gateway: str, site: str, sent_at: datetime
     ) -> OutgoingMessage | None:
-        """Take up to ``limit`` oldest readings of a lane into a numbered message, durably."""
-        where = "id > ?" if lane == "live" else "id <= ?"
-        async with self.db.execute(
-            f"SELECT id, body FROM readings WHERE {where} AND held = 0 ORDER BY id LIMIT ?",
-            (self._live_floor, limit),
-        ) as cur:
-            rows = list(await cur.fetchall())
-        if not rows:
-            return None
-        seq = await self._meta("next_seq")
-        message = ReadingsMessage(
-            gateway=gateway,
-            site=site,
-            seq=seq,
-            sent_at=sent_at,
-            readings=[Reading.model_validate_json(body) for _, body in rows],
+        """Take up to ``limit`` oldest readings of a lane into a numbered message, durably.
+
+        Readings of messages still in flight are not taken again. Messages left
+        from before (``inflight_messages``) must be acknowledged first: the lanes'
+        bounds may have moved since they were reserved.
+        """
+        low, high = (self._live_floor, None) if lane == "live" else (0, self._live_floor)
+        # Rows of this lane above the newest one in flight are not reserved yet. A held
+        # reading released below it waits until the lane has nothing in flight.
+        after = max(
+            (
+                m.ids[-1]
+                for m in self._sending.values()
+                if low < m.ids[-1] and (high is None or m.ids[-1] <= high)
+            ),
+            default=low,
         )
-        ids = [int(r[0]) for r in rows]
-        payload = message.encode()
-        await self.db.execute(
-            "INSERT INTO inflight (seq, payload, ids, lane) VALUES (?, ?, ?, ?)",
-            (seq, payload, json.dumps(ids), lane),
-        )
-        await self.db.execute(
-            "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = ?",
-            (seq + 1, seq + 1),
-        )
-        await self.db.commit()
-        return OutgoingMessage(seq, payload, ids, lane)
+        async with self._transaction():
+            async with self.db.execute(
+                "SELECT id, body FROM readings WHERE id > ? AND id <= ? AND held = 0 "
+                "ORDER BY id LIMIT ?",
+                (after, high if high is not None else _MAX_ID, limit),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            if not rows:
+                return None
+            seq = await self._meta("next_seq")
+            ids = [int(r[0]) for r in rows]
+            payload = _payload(gateway, site, seq, sent_at, [body for _, body in rows])
+            await self.db.execute(
+                "INSERT INTO inflight (seq, payload, ids, lane) VALUES (?, ?, ?, ?)",
+                (seq, payload, json.dumps(ids), lane),
+            )
+            await self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = ?",
+                (seq + 1, seq + 1),
+            )
+        message = OutgoingMessage(seq, payload, ids, lane)
+        self._sending[seq] = message
+        return message
 
     async def acknowledged(self, message: OutgoingMessage) -> None:
         """The broker has the message: its readings leave the outbox (one transaction)."""
-        async with self.db.execute(
-            f"SELECT total(length(body)), count(*) FROM readings WHERE id IN "
-            f"({','.join('?' * len(message.ids))})",
-            message.ids,
-        ) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        await self._delete(message.ids, commit=False)
-        await self.db.execute("DELETE FROM inflight WHERE seq = ?", (message.seq,))
-        await self.db.commit()
+        async with self._transaction():
+            async with self.db.execute(
+                f"SELECT total(length(body)), count(*) FROM readings WHERE id IN "
+                f"({','.join('?' * len(message.ids))})",
+                message.ids,
+            ) as cur:
+                row = await cur.fetchone()
+            assert row is not None
+            await self._delete(message.ids)
+            await self.db.execute("DELETE FROM inflight WHERE seq = ?", (message.seq,))
+        self._sending.pop(message.seq, None)
         self._bytes -= int(row[0])
         self._count -= int(row[1])
         self._forget(message.ids)
 
-    async def _delete(self, ids: list[int], *, commit: bool = True) -> None:
+    async def _delete(self, ids: list[int]) -> None:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             await self.db.execute(
                 f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", chunk
             )
-        if commit:
-            await self.db.commit()
 
     async def remembered(self, key: str) -> int:
         """A small number the gateway keeps across restarts (0 if never set)."""
         return await self._meta(key)
 
     async def remember(self, key: str, value: int) -> None:
-        await self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
-            (key, value, value),
-        )
-        await self.db.commit()
+        async with self._transaction():
+            await self.db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = ?",
+                (key, value, value),
+            )
 
     async def _meta(self, key: str) -> int:
         async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+_MAX_ID = 2**63 - 1
+
+
+def _payload(gateway: str, site: str, seq: int, sent_at: datetime, bodies: list[str]) -> bytes:
+    """The message's bytes, exactly as ``ReadingsMessage.encode`` writes them.
+
+    The stored bodies are already the readings' canonical JSON, so they are
+    spliced in rather than parsed and written again (most of a drain's CPU).
+    The envelope is encoded with the first reading, which proves the splice.
+    """
+    first = ReadingsMessage(
+        gateway=gateway,
+        site=site,
+        seq=seq,
+        sent_at=sent_at,
+        readings=[Reading.model_validate_json(bodies[0])],
+    ).encode()
+    tail = f"[{bodies[0]}]}}".encode()
+    if not first.endswith(tail):
+        # A body in another form (written by an older version): the slow, sure way.
+        return ReadingsMessage(
+            gateway=gateway,
+            site=site,
+            seq=seq,
+            sent_at=sent_at,
+            readings=[Reading.model_validate_json(b) for b in bodies],
+        ).encode()
+    return first[: -len(tail)] + f"[{','.join(bodies)}]}}".encode()
