@@ -1,0 +1,27 @@
+"""The ingest benchmark runs end to end on real servers and counts every reading (no speed asserted)."""
+
+import asyncio
+
+import pytest
+
+from bench.ingest_compare import Scenario, run_scenario
+from deploy.servers import require_binaries
+
+
+@pytest.mark.slow
+def test_ingest_benchmark_counts_every_reading_through_ecotel_ingest() -> None:
+    require_binaries()
+    result = asyncio.run(run_scenario(Scenario("ecotel", batch=50, readings=2_000)))
+    assert (result.stored, result.expected) == (2_000, 2_000), result.notes
+    # Probes are readings stamped at publish time; the last message always carries one.
+    assert result.latencies
+    assert all(latency > 0 for latency in result.latencies)
+    assert {"ecotel", "mosquitto", "influxd", "publisher"} <= set(result.usage)
+    assert result.usage["ecotel"].cpu_s > 0
+
+
+@pytest.mark.slow
+def test_raw_broker_limit_receives_every_message() -> None:
+    require_binaries()
+    result = asyncio.run(run_scenario(Scenario("broker", batch=1, readings=5_000)))
+    assert (result.stored, result.expected) == (5_000, 5_000)
