@@ -26,6 +26,7 @@ from deploy.traces.broker import MqttVersion
 _PUBACK, _PUBREC, _PUBREL, _PUBCOMP, _PINGRESP = 4, 5, 6, 7, 13
 # Write once this much is queued, so a fast replay makes few large writes.
 _WRITE_BYTES = 64 * 1024
+_BUFFER_HIGH = 1024 * 1024
 
 
 class PublishError(Exception):
@@ -112,6 +113,8 @@ class FramePublisher:
             )
         except (OSError, ssl.SSLError) as exc:
             raise PublishError(f"cannot connect to {broker.host}:{broker.port}: {exc}") from None
+        # Fewer, larger waits for the socket: a flat-out replay keeps up to 1 MiB queued.
+        self._writer.transport.set_write_buffer_limits(high=_BUFFER_HIGH)
         password = broker.password.get_secret_value() if broker.password else None
         self._writer.write(
             connect_frame(
