@@ -81,6 +81,15 @@ class DirtyWindows(DurableSqlite):
         await self.db.commit()
         return cur.rowcount > 0
 
+    async def defer(self, key: WindowKey) -> None:
+        """Restart a window's delay (its recomputation failed): tried again, not in a hot loop."""
+        await self.db.execute(
+            "UPDATE dirty SET since = ? WHERE family = ? AND site = ? AND window = ? "
+            "AND start_ns = ?",
+            (time.time(), key.family, key.site, key.window.value, timestamp_ns(key.start)),
+        )
+        await self.db.commit()
+
     async def count(self) -> int:
         async with self.db.execute("SELECT count(*) FROM dirty") as cur:
             row = await cur.fetchone()

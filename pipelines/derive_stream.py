@@ -43,6 +43,7 @@ class Deriver:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.recomputed = 0
+        self.failures = 0
 
     @classmethod
     def for_service(cls, settings: IngestSettings, writer: InfluxWriter) -> Self:
@@ -137,7 +138,17 @@ class Deriver:
                 continue
             try:
                 for key, version in await self._state.due(delays):
-                    await self.recompute(key)
+                    try:
+                        await self.recompute(key)
+                    except (InfluxError, httpx.HTTPError):
+                        raise
+                    except Exception:
+                        # A rule that cannot take this window's data must not stop the
+                        # others: say which window, and try it again after its delay.
+                        log.exception("derive: cannot recompute %s; retrying later", key)
+                        self.failures += 1
+                        await self._state.defer(key)
+                        continue
                     await self._state.clear(key, version)
             except (InfluxError, httpx.HTTPError) as exc:
                 log.warning("derive: recomputation waits for InfluxDB (%s)", exc)
