@@ -13,6 +13,7 @@ from pathlib import Path
 import aiomqtt
 from pydantic import SecretStr, ValidationError
 
+from collector.broker_link import misconfiguration
 from collector.config import BrokerSettings, TlsSettings
 from collector.settings_loader import ConfigError
 from deploy.traces.broker import broker_from_file
@@ -24,6 +25,7 @@ from deploy.traces.file_format import (
     read_trace,
     write_trace,
 )
+from deploy.traces.frame_publisher import PublishError
 from deploy.traces.inspect import render, summarise
 from deploy.traces.record import RecordOptions, record
 from deploy.traces.replay import ReplayOptions, ReplayProgress, replay
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TraceError, ValueError) as exc:
         print(f"ecotel-trace: {exc}", file=sys.stderr)
         return 2
-    except aiomqtt.MqttError as exc:
+    except (aiomqtt.MqttError, PublishError) as exc:
         print(f"ecotel-trace: broker: {exc}", file=sys.stderr)
         return 1
 
@@ -186,6 +188,19 @@ async def _record(args: argparse.Namespace) -> int:
     broker, source = _broker(args)
     stop = asyncio.Event()
     _stop_on_signals(stop)
+    try:
+        return await _record_until_stopped(args, broker, source, stop)
+    except aiomqtt.MqttError as exc:
+        # Name the setting when the broker refused ours (password, certificate).
+        why = misconfiguration(exc, broker)
+        if why is None:
+            raise
+        raise ConfigError(f"{source}: {why}") from None
+
+
+async def _record_until_stopped(
+    args: argparse.Namespace, broker: BrokerSettings, source: str, stop: asyncio.Event
+) -> int:
     if args.duration is not None:
         asyncio.get_running_loop().call_later(args.duration, stop.set)
     options = RecordOptions(

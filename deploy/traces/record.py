@@ -137,11 +137,12 @@ async def record(
     stats = stats if stats is not None else RecordStats()
     context = await asyncio.to_thread(client_tls, broker, source)
     writer = _RotatingWriter(options, broker_url(broker), stats)
-    await writer.open()
     try:
         async with make_client(
             broker, version=options.version, purpose="record", context=context
         ) as client:
+            # Only once connected: a refused connection leaves no empty trace behind.
+            await writer.open()
             for topic in options.filters:
                 if options.version == "5":
                     # Retain-as-published: keep the publisher's retain flag, not only the

@@ -76,6 +76,9 @@ async def replay(
     on_progress: Callable[[ReplayProgress], None] | None = None,
 ) -> ReplayProgress:
     """Publish ``records`` (in file order) and return once every publish is acknowledged."""
+    if options.speed is None and options.loops == 0 and options.rewrite.restamp:
+        # Flat out for ever would stamp readings ever further into the future.
+        raise ValueError("re-stamping an endless loop needs a speed, not --max-speed")
     progress = ReplayProgress(total=len(records) * options.loops if options.loops else None)
     if not records:
         progress.finished = time.monotonic()
