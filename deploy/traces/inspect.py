@@ -122,7 +122,7 @@ def summarise(
                         "topic": rec.topic,
                         "problem": problem,
                         "bytes": len(rec.payload),
-                        "start": rec.payload[:60].decode("utf-8", "backslashreplace"),
+                        "start": repr(rec.payload[:60]),
                     }
                 )
     if times:
@@ -178,7 +178,7 @@ def render(summary: TraceSummary) -> str:
         for sample in summary.samples:
             out.append(
                 f"  {sample['at']} {sample['topic']} {sample['problem']} "
-                f"({sample['bytes']:,} bytes) {sample['start']!r}"
+                f"({sample['bytes']:,} bytes) {sample['start']}"
             )
     else:
         out.append("every payload decodes (UTF-8, JSON, a v1 message for ecotel topics)")
