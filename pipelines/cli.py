@@ -252,7 +252,7 @@ async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
     # No spool: a running ingest may be draining its own; these writes wait for InfluxDB.
     service = IngestService(settings.model_copy(update={"spool": SpoolSettings(enabled=False)}))
     refused = 0
-    async with service.dead_letters, service.writer:
+    async with service.dead_letters, service.writer, service.derive:
         ids = list(args.ids)
         if not ids:
             letters = await service.dead_letters.list(reason=args.reason, limit=args.limit)
@@ -268,7 +268,11 @@ async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
             elif result.reason is not None:
                 line += f" {result.reason}: {(result.detail or '')[:100]}"
             print(line)
-    return 1 if refused else 0
+        # The windows the stored readings touched: recomputed before this command ends.
+        windows = await service.derive.recompute_marked()
+        if windows:
+            print(f"{windows} derived windows recomputed")
+    return 1 if refused or service.derive.failures else 0
 
 
 def _as_json(letter: DeadLetter) -> dict[str, object]:

@@ -4,7 +4,7 @@ a recomputer for the windows the written readings touched (docs/analytics.md).""
 import asyncio
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -153,6 +153,26 @@ class Deriver:
             except (InfluxError, httpx.HTTPError) as exc:
                 log.warning("derive: recomputation waits for InfluxDB (%s)", exc)
                 await asyncio.sleep(_RETRY_S)
+
+    async def recompute_marked(self) -> int:
+        """Recompute every marked window now, whatever its delay; the number recomputed.
+
+        A one-shot command's last step (``dead-letters replay``): nobody may be left to wait.
+        A window that cannot be recomputed stays marked for the ingest, and is logged.
+        """
+        if not self.settings.enabled:
+            return 0
+        count = 0
+        for key, version in await self._state.due(dict.fromkeys(Window, timedelta(0))):
+            try:
+                await self.recompute(key)
+            except Exception:
+                log.exception("derive: cannot recompute %s; it stays marked", key)
+                self.failures += 1
+                continue
+            await self._state.clear(key, version)
+            count += 1
+        return count
 
     async def recompute(self, key: WindowKey) -> None:
         """Compute one window from InfluxDB and write it (deleting a stale figure first)."""

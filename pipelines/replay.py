@@ -9,7 +9,6 @@ from pydantic import JsonValue
 from collector import wire
 from pipelines.dead_letter import DeadLetter
 from pipelines.decode import DecodedReadings, MessageRejected, check_readings, decode_readings
-from pipelines.points import Point
 from pipelines.service import IngestService
 
 log = logging.getLogger("ecotel.ingest.replay")
@@ -60,12 +59,7 @@ async def replay(service: IngestService, letter_id: int) -> Replayed:
             letter.topic,
             [(r.reason, r.detail, r.reading_index, r.reading) for r in decoded.rejections],
         )
-    await service.store_points(
-        [
-            Point(line, kind, letter.topic)
-            for line, kind in zip(decoded.lines, decoded.kinds, strict=True)
-        ]
-    )
+    await service.store_decoded(decoded, letter.topic)
     await store.remove(letter.id)
     log.info(
         "replayed dead letter %d (%s): %d readings stored, %d refused again",

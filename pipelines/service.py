@@ -12,7 +12,14 @@ from collector import wire
 from pipelines.acks import Done, InOrderAcks, enable_manual_acks
 from pipelines.config import IngestSettings
 from pipelines.dead_letter import DeadLetterStore
-from pipelines.decode import Checks, MessageRejected, Rejection, TimeWindow, decode_readings
+from pipelines.decode import (
+    Checks,
+    DecodedReadings,
+    MessageRejected,
+    Rejection,
+    TimeWindow,
+    decode_readings,
+)
 from pipelines.derive_stream import Deriver
 from pipelines.influx_writer import InfluxError, InfluxWriter, Point, no_op
 from pipelines.line_protocol import (
@@ -125,6 +132,10 @@ class IngestService:
     def writer(self) -> InfluxWriter:
         return self._writer
 
+    @property
+    def derive(self) -> Deriver:
+        return self._derive
+
     async def wait_idle(self) -> None:
         """Return once everything received so far is written or dead-lettered."""
         await self._writer.wait_idle()
@@ -179,10 +190,17 @@ class IngestService:
         await stored
         return outcome
 
-    async def store_points(self, points: list[Point]) -> None:
-        """Write points (a replay's); return once they are in InfluxDB, the spool or dead letters."""
+    async def store_decoded(self, decoded: DecodedReadings, topic: str) -> None:
+        """Write a replay's readings with their derived points; return once durable.
+
+        The windows they touch are marked for recomputation, as for live readings.
+        """
         done, stored = _durable()
-        await self._writer.put(points, done)
+        points = [
+            Point(line, kind, topic)
+            for line, kind in zip(decoded.lines, decoded.kinds, strict=True)
+        ]
+        await self._writer.put(*self._derive.stream(decoded, topic, points, done))
         await stored
 
     async def handle(self, topic: str, payload: bytes, done: Done = no_op) -> Outcome:

@@ -56,6 +56,7 @@ def api(
         f'[dead_letter]\npath = "{tmp / "dead.sqlite3"}"\n'
         "[validation]\nmax_future_s = 3\n"
         f'[validation.sites."{SITE}".limits.hydrology]\ndischarge = [0.0, 500.0]\n'
+        f'[validation.sites."{SITE}".limits.water_quality]\nph = [6.5, 8.5]\n'
         f"[api]\nenabled = true\nport = {port}\n"
         f'[[api.tokens]]\ntoken = "{OPERATOR}"\nname = "ops"\n'
         f'[[api.tokens]]\ntoken = "{GATEWAY_TOKEN}"\nsite = "{SITE}"\ngateway = "{GW}"\n',
@@ -244,6 +245,52 @@ def test_the_command_line_replays_after_a_configuration_fix(api: Api, tmp_path: 
     assert replayed.stdout.count("stored") >= 3
     left = subprocess.run([*command, "counts"], capture_output=True, text=True, check=True)
     assert "invalid_values" not in left.stdout
+
+
+async def test_a_replayed_reading_gets_its_derived_point(api: Api, tmp_path: Path) -> None:
+    sonde = {
+        "device": "sonde-1",
+        "kind": "water_quality",
+        "time": (T0 + timedelta(seconds=500)).isoformat(),
+        "values": {
+            "water_temperature": 6.0,
+            "ph": 8.8,
+            "dissolved_oxygen": 8.0,
+            "conductivity": 300.0,
+            "turbidity": 5.0,
+            "ammonia_nitrogen": 0.1,
+        },
+    }
+    async with api.client() as http:
+        posted = await http.post(f"/v1/readings/{SITE}/{GW}", content=_message(40, sonde))
+        assert [r["reason"] for r in posted.json()["refused"]] == ["invalid_values"]
+        letters = (await http.get("/v1/dead-letters", params={"reason": "invalid_values"})).json()
+    [letter] = [item for item in letters["items"] if "limits.water_quality.ph" in item["detail"]]
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text(
+        api.config.read_text(encoding="utf-8").replace("ph = [6.5, 8.5]", "ph = [6.0, 9.0]"),
+        encoding="utf-8",
+    )
+    replayed = subprocess.run(
+        [sys.executable, "-m", "pipelines", "--config", str(fixed), "dead-letters", "replay"]
+        + [str(letter["id"])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "1 readings stored" in replayed.stdout
+    at = f"time = '{sonde['time']}'"
+    raw = await influx_query(
+        api.influx_url, f"SELECT ph FROM water_quality WHERE {at}", database=api.database
+    )
+    assert [row[1] for s in raw for row in s.values] == [8.8]
+    derived = await influx_query(
+        api.influx_url,
+        f'SELECT "class", label, device FROM water_quality_class WHERE {at}',
+        database=api.database,
+    )
+    assert [row[1:] for s in derived for row in s.values] == [[1.0, "I", "sonde-1"]]
 
 
 def test_the_openapi_document_describes_every_endpoint_with_models(api: Api) -> None:
