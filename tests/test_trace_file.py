@@ -23,6 +23,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import PcapWriter
 
 from collector.config import BrokerSettings
+from deploy.servers import MosquittoServer
 from deploy.traces.file_format import (
     TraceHeader,
     TraceRecord,
@@ -33,6 +34,7 @@ from deploy.traces.file_format import (
 from deploy.traces.frame_publisher import varint
 from deploy.traces.pcap_import import import_capture
 from deploy.traces.record import RecordOptions, recording
+from deploy.traces.replay import ReplayOptions, replay
 from deploy.traces.rewrite import Rewrite
 from tests.trace_fixtures import TRACES
 
@@ -309,3 +311,36 @@ def test_frames_split_reordered_and_resent_are_reassembled(
     assert stats.gaps == 0
     got = sorted((r.topic, r.payload, r.qos) for r in records)
     assert got == sorted(messages)
+
+
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+async def test_replay_keeps_qos_retain_and_properties(tmp_path: Path, version: str) -> None:
+    props = {"UserProperty": [["site", "沱沱河"]], "ContentType": "application/json"}
+    sent = [
+        TraceRecord(1_000_000, "q/0", b"zero", 0),
+        TraceRecord(1_100_000, "q/1", b"one", 1, props=props),
+        TraceRecord(1_200_000, "q/2", b"\xfftwo", 2, retain=True, props=props),
+    ]
+    async with MosquittoServer(tmp_path / "broker") as broker:
+        settings = BrokerSettings(port=broker.port)
+        heard = tmp_path / "heard.trace.gz"
+        async with recording(settings, RecordOptions(filters=["q/#"], out=heard), quiet_s=0.5):
+            await replay(settings, sent, ReplayOptions(speed=None, version=version))  # type: ignore[arg-type]
+    back, _ = load_trace([heard])
+    assert [(r.topic, r.payload, r.qos, r.retain) for r in back] == [
+        (r.topic, r.payload, r.qos, r.retain) for r in sent
+    ]
+    for got, want in zip(back, sent, strict=True):
+        if version == "5" and want.props:
+            assert got.props is not None
+            assert got.props["UserProperty"] == want.props["UserProperty"]
+            assert got.props["ContentType"] == want.props["ContentType"]
+        else:
+            assert not (got.props or {}).get("UserProperty")
+
+
+def test_topic_prefixes_are_rewritten() -> None:
+    rewrite = Rewrite(prefixes=[("plant/a/", "plant/b/")])
+    assert rewrite.topic("plant/a/meter/1") == "plant/b/meter/1"
+    assert rewrite.topic("plant/c/meter/1") == "plant/c/meter/1"
+    assert not rewrite.changes_payload
