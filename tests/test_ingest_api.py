@@ -271,15 +271,13 @@ async def test_a_replayed_reading_gets_its_derived_point(api: Api, tmp_path: Pat
         api.config.read_text(encoding="utf-8").replace("ph = [6.5, 8.5]", "ph = [6.0, 9.0]"),
         encoding="utf-8",
     )
-    replayed = subprocess.run(
-        [sys.executable, "-m", "pipelines", "--config", str(fixed), "dead-letters", "replay"]
-        + [str(letter["id"])],
-        capture_output=True,
-        text=True,
-        check=False,
+    command = ["--config", str(fixed), "dead-letters", "replay", str(letter["id"])]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipelines", *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-    assert "1 readings stored" in replayed.stdout
+    out, err = await process.communicate()
+    assert process.returncode == 0, (out + err).decode()
+    assert "1 readings stored" in out.decode()
     at = f"time = '{sonde['time']}'"
     raw = await influx_query(
         api.influx_url, f"SELECT ph FROM water_quality WHERE {at}", database=api.database
