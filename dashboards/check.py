@@ -1,6 +1,6 @@
 """Run every panel of the generated dashboards against a real InfluxDB, as Grafana would, and report what shows nothing."""
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ async def check_panels(
     min_interval_ms: int = 10_000,
     uids: list[str] | None = None,
     skip_measurements: Collection[str] = (),
+    variables: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
     """Problems found: a panel whose query fails, returns no series, or only nulls. Empty is good.
 
@@ -37,21 +38,23 @@ async def check_panels(
     gateways' poll interval, as the provisioned datasource's does (10 s).
     ``uids`` are the dashboards to check (default: the three domain dashboards);
     panels reading one of ``skip_measurements`` are not run (for a run too short
-    to fill them, such as an hour's PUE).
+    to fill them, such as an hour's PUE). ``variables`` picks template variables' values
+    (as an operator would); a variable not named there is set to All.
     """
     problems: list[str] = []
     boards = all_dashboards()
     for uid in uids or domain_uids():
         dashboard = boards[uid]
-        variables = await resolve_variables(dashboard, influx_url, database, start, end)
-        for name, found in variables.items():
+        chosen = await resolve_variables(dashboard, influx_url, database, start, end)
+        for name, found in chosen.items():
             if not found:
                 problems.append(f"{uid}: variable ${name} has no values")
+        chosen |= {k: list(v) for k, v in (variables or {}).items() if k in chosen}
         for title, ref, query in panel_queries(dashboard):
             if any(f'FROM "{m}"' in query for m in skip_measurements):
                 continue
             text = expand(
-                query, start=start, end=end, variables=variables, min_interval_ms=min_interval_ms
+                query, start=start, end=end, variables=chosen, min_interval_ms=min_interval_ms
             )
             try:
                 series = await influx_query(influx_url, text, database=database)
