@@ -413,8 +413,9 @@ def scenarios(*, quick: bool, batches: Sequence[int], workers: Sequence[int]) ->
         found.append(Scenario("ecotel", batch, size(batch), derive=False))
         found.append(Scenario("bridge", batch, size(batch)))
     rate, seconds = 10_000, (5 if quick else 20)
-    for system in ("ecotel", "bridge"):
-        found.append(Scenario(system, 50, rate * seconds, rate=rate))
+    found.append(Scenario("ecotel", 50, rate * seconds, rate=rate))
+    found.append(Scenario("ecotel", 50, rate * seconds, rate=rate, derive=False))
+    found.append(Scenario("bridge", 50, rate * seconds, rate=rate))
     return found
 
 

@@ -1,8 +1,10 @@
 """The ingest benchmark's load: realistic readings messages, pre-built, and the same readings as line protocol.
 
 Values come from the device simulators (all nine kinds, every channel);
-each gateway's stream is rounds of its devices one second apart, so every
-reading is a distinct point and the count in InfluxDB must equal what was sent.
+each gateway's stream is rounds of its devices ROUND_S apart in device time
+(the simulators' default poll interval), ending a minute ago: a backlog
+delivered as fast as the system takes it. Every reading is a distinct point,
+so the count in InfluxDB must equal what was sent.
 """
 
 import json
@@ -16,6 +18,7 @@ from devices.simulators import make_simulator
 from pipelines.decode import decode_readings
 
 SITE = "bench"
+ROUND_S = 10
 PROBE_PREFIX = "probe-"
 # Distinct samples per device and channel; reused round after round.
 _POOL_ROUNDS = 40
@@ -91,9 +94,9 @@ def _reading(gateway: str, slot: Slot, values: str, time: str, device: str | Non
 
 
 def start_for(plan: Plan) -> datetime:
-    """A start for the plan's rounds (one a second) so that they end a minute ago."""
+    """A start for the plan's rounds so that they end a minute ago."""
     rounds = plan.per_gateway // len(_slots()) + 1
-    return datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=rounds + 60)
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=rounds * ROUND_S + 60)
 
 
 class MessageFactory:
@@ -106,7 +109,7 @@ class MessageFactory:
         self.slots = _slots()
         rounds = plan.per_gateway // len(self.slots) + 1
         self.start = start or start_for(plan)
-        self._times = [_rfc3339(self.start + timedelta(seconds=r)) for r in range(rounds)]
+        self._times = [_rfc3339(self.start + timedelta(seconds=r * ROUND_S)) for r in range(rounds)]
         self._values = [
             [json.dumps(v, separators=(",", ":")) for v in slot.values] for slot in self.slots
         ]
