@@ -1,16 +1,15 @@
-"""Dashboards and alert rules against the real stack: simulated gateways of every domain plus a scripted
-fault scenario (offline gateway, polluted river, icy road in fog, PUE excursion, low battery, old
-backlog), each beside a clean counterpart, all published over real Mosquitto through the ingest
+"""Dashboards and alert rules against the real stack: simulated gateways of every domain plus a recorded
+fault trace (offline gateway, polluted river, icy road in fog, PUE excursion, low battery, old
+backlog) and a recorded clean trace of the same at other sites, all published over real Mosquitto through the ingest
 (with its derived measurements) into real InfluxDB.
 
 Every panel of the four dashboards, expanded as Grafana expands it, must return data; every alert
 rule, evaluated as Grafana would (query -> reduce -> threshold, then its pending period), must
-fire for the fault and not for the clean counterpart. T's recorded traces are not used yet: the
-scenario is published message by message, as a gateway would send it.
+fire for the fault and not for the clean counterpart. The faults and their clean counterparts
+are recorded traces (tests/traces/alerts/, made by its make_traces.py), replayed re-stamped.
 """
 
 import asyncio
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -19,12 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 import pytest_asyncio
 
-from collector import wire
-from collector.config import GatewaySettings
+from collector.config import BrokerSettings, GatewaySettings
 from collector.gateway import Gateway
 from dashboards.alert_eval import Instance, firing, render
 from dashboards.alerts import rules_document
@@ -32,6 +29,9 @@ from dashboards.boards import all_dashboards
 from dashboards.check import check_panels
 from dashboards.preview import render_previews
 from deploy.servers import InfluxServer, MosquittoServer
+from deploy.traces.file_format import load_trace
+from deploy.traces.replay import ReplayOptions, replay
+from deploy.traces.rewrite import Rewrite
 from devices import Domain, kinds_in
 from pipelines.config import (
     BatchSettings,
@@ -43,6 +43,18 @@ from pipelines.config import (
 from pipelines.derive_config import DeriveSettings
 from pipelines.influx_query import influx_query
 from pipelines.service import IngestService
+from tests.traces.alerts.make_traces import (
+    CLEAN,
+    CLEAN_GW,
+    CLEAN_TRACE,
+    COOL_DC,
+    DRY,
+    FAULT,
+    FAULT_GW,
+    FAULT_TRACE,
+    HOT_DC,
+    ICY,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +64,6 @@ SIMULATED = {
     Domain.DATACENTER: ("DC clean", "pue-clean"),
 }
 INTERVAL_S = 0.25
-FAULT, CLEAN = "Wudaoliang", "Madoi"
-FAULT_GW, CLEAN_GW = "wudaoliang-gw1", "madoi-gw1"
-ICY, DRY = "G0613 K220", "G109 K100"
-HOT_DC, COOL_DC = "DC hot", "DC clean"
 
 
 @dataclass
@@ -88,170 +96,6 @@ def _gateway(domain: Domain, port: int, state: Path) -> GatewaySettings:
                 for seed, kind in enumerate(kinds_in(domain))
             ],
         }
-    )
-
-
-class Publisher:
-    """Sends what a gateway would: readings, status and health messages, numbered per gateway."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.client = client
-        self.seq: dict[tuple[str, str], int] = {}
-
-    async def readings(self, site: str, gateway: str, readings: list[dict[str, Any]]) -> None:
-        for start in range(0, len(readings), 500):
-            seq = self.seq.get((site, gateway), 0)
-            self.seq[(site, gateway)] = seq + 1
-            body = {
-                "schema": 1,
-                "gateway": gateway,
-                "site": site,
-                "seq": seq,
-                "sent_at": _iso(datetime.now(UTC)),
-                "readings": readings[start : start + 500],
-            }
-            await self.client.publish(wire.readings_topic(site, gateway), json.dumps(body), qos=1)
-
-    async def status(self, site: str, gateway: str, state: str, reason: str, at: datetime) -> None:
-        body = {"schema": 1, "gateway": gateway, "site": site, "state": state}
-        body |= {"reason": reason, "at": _iso(at)}
-        await self.client.publish(wire.status_topic(site, gateway), json.dumps(body), qos=1)
-
-    async def health(self, site: str, gateway: str, at: datetime, **values: Any) -> None:
-        body = {"schema": 1, "gateway": gateway, "site": site, "at": _iso(at), "uptime_s": 3600}
-        body |= {
-            "memory_available_mb": 300,
-            "disk_free_mb": 9000,
-            "outbox_bytes": 0,
-            "load_1m": 0.2,
-        }
-        body |= {"link_up": True, "reconnects": 0, "dropped_total": 0, **values}
-        await self.client.publish(wire.health_topic(site, gateway), json.dumps(body), qos=1)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _reading(
-    device: str, kind: str, at: datetime, channel: str | None = None, **values: Any
-) -> dict[str, Any]:
-    reading: dict[str, Any] = {"device": device, "kind": kind, "time": _iso(at), "values": values}
-    if channel is not None:
-        reading["channel"] = channel
-    return reading
-
-
-WATER: dict[str, Any] = {
-    "water_temperature": 4.0,
-    "ph": 7.8,
-    "dissolved_oxygen": 7.9,
-    "conductivity": 310,
-}
-ROAD: dict[str, Any] = {"water_film": 0.3, "wind_speed": 3.0}
-
-
-async def _publish_scenario(pub: Publisher, now: datetime) -> None:
-    # An offline gateway: lost 20 min ago (fires), and one lost 5 min ago (not yet 15).
-    for site, gw, lost in ((FAULT, FAULT_GW, 20), (CLEAN, CLEAN_GW, 5)):
-        await pub.status(site, gw, "online", "connected", now - timedelta(hours=2))
-        await pub.status(site, gw, "offline", "connection_lost", now - timedelta(minutes=lost))
-    # Backlog: a reading unsent for 1.5 h, and a healthy 30 s.
-    await pub.health(
-        FAULT,
-        FAULT_GW,
-        now,
-        outbox_readings=5400,
-        oldest_unsent_age_s=5400.0,
-        device_errors={"wq-1": 3},
-        clock_state="unset",
-    )
-    await pub.health(CLEAN, CLEAN_GW, now, outbox_readings=3, oldest_unsent_age_s=30.0)
-    # A polluted river (NH3-N 1.8 mg/L: class V) and a clean one.
-    for site, gw, ammonia in ((FAULT, FAULT_GW, 1.8), (CLEAN, CLEAN_GW, 0.1)):
-        await pub.readings(
-            site,
-            gw,
-            [
-                _reading(
-                    "wq-1",
-                    "water_quality",
-                    now - timedelta(seconds=2),
-                    **WATER,
-                    turbidity=12.0,
-                    ammonia_nitrogen=ammonia,
-                )
-            ],
-        )
-    # A battery under 11.5 V for the last 20 min, and a healthy one.
-    for site, gw, volts in ((FAULT, FAULT_GW, 11.2), (CLEAN, CLEAN_GW, 12.8)):
-        await pub.readings(
-            site,
-            gw,
-            [
-                _reading(
-                    "power-1",
-                    "station_health",
-                    now - timedelta(minutes=m),
-                    battery_voltage=volts,
-                    battery_soc=40.0,
-                    solar_charge_power=0.0,
-                    enclosure_temperature=-12.0,
-                )
-                for m in range(20, -1, -1)
-            ],
-        )
-    # An icy road in fog (-3 degC, wet, 150 m), and a dry clear one.
-    for site, surface, state, visibility in ((ICY, -3.0, "wet", 150.0), (DRY, 8.0, "dry", 5000.0)):
-        await pub.readings(
-            site,
-            "rsu-1",
-            [
-                _reading(
-                    "rws-1",
-                    "road_weather",
-                    now - timedelta(seconds=2),
-                    **ROAD,
-                    surface_temperature=surface,
-                    surface_state=state,
-                    visibility=visibility,
-                    air_temperature=-2.0 if surface < 0 else 10.0,
-                    relative_humidity=95.0 if surface < 0 else 40.0,
-                )
-            ],
-        )
-    # Three days of energy counters: PUE 1.5 at one data center, 1.15 at the other.
-    start = now - timedelta(days=3)
-    for site, facility_kw in ((HOT_DC, 1500.0), (COOL_DC, 1150.0)):
-        readings = []
-        for i in range(3 * 24 * 6 + 1):
-            at = start + timedelta(minutes=10 * i)
-            hours = i / 6
-            for circuit, kw in (
-                ("utility", facility_kw),
-                ("it_load", 1000.0),
-                ("renewable", 400.0),
-            ):
-                readings.append(
-                    _reading(
-                        "pue-meter",
-                        "energy_meter",
-                        at,
-                        channel=circuit,
-                        energy_kwh=10_000 + kw * hours,
-                        active_power_kw=kw,
-                    )
-                )
-        await pub.readings(site, f"{site.split()[1].lower()}-meters", readings)
-    # One refused reading, so that rejections by reason have something to show.
-    await pub.readings(
-        FAULT,
-        FAULT_GW,
-        [
-            _reading(
-                "wq-1", "water_quality", now, **{**WATER, "water_temperature": 95.0}, turbidity=1.0
-            )
-        ],
     )
 
 
@@ -294,8 +138,11 @@ async def live(
     gateways = [Gateway(_gateway(d, mosquitto.port, tmp / "gw")) for d in Domain]
     tasks = [asyncio.create_task(gw.run()) for gw in gateways]
     await asyncio.sleep(2.0)
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
-        await _publish_scenario(Publisher(client), datetime.now(UTC))
+    # The recorded fault and clean traces, re-stamped so that each ends now.
+    for path in (FAULT_TRACE, CLEAN_TRACE):
+        records, _ = await asyncio.to_thread(load_trace, [path])
+        options = ReplayOptions(speed=None, rewrite=Rewrite(restamp=True))
+        await replay(BrokerSettings(port=mosquitto.port), records, options)
     await asyncio.sleep(2.0)
     for gw in gateways:
         gw.stop()
