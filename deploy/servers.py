@@ -365,8 +365,11 @@ class InfluxServer(_ManagedServer):
         rpc_port: int | None = None,
         start_timeout: float = 30.0,
         stop_timeout: float = 15.0,
+        auth_enabled: bool = False,
     ) -> None:
         super().__init__(data_dir, port, extra_config, start_timeout, stop_timeout)
+        # With auth on, influxd takes only CREATE USER ... WITH ALL PRIVILEGES until an admin exists.
+        self.auth_enabled = auth_enabled
         self._rpc_port_fixed = rpc_port is not None
         self._rpc_port = rpc_port if rpc_port is not None else self._other_free_port()
 
@@ -418,6 +421,7 @@ bind-address = {_toml_str(f"{HOST}:{self._rpc_port}")}
   bind-address = {_toml_str(f"{HOST}:{self._port}")}
   log-enabled = false
   unix-socket-enabled = false
+  auth-enabled = {"true" if self.auth_enabled else "false"}
 
 [ifql]
   enabled = false

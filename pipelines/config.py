@@ -87,6 +87,12 @@ class InfluxSettings(_Section):
     password: str | None = None
     timeout_s: float = Field(default=10.0, gt=0)
 
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """HTTP basic auth for every request of the ingest (1.x users; a token as password
+        for the v1 API of 2.x and 3.x); None without a username."""
+        return (self.username, self.password or "") if self.username else None
+
 
 class BatchSettings(_Section):
     max_points: int = Field(default=5_000, ge=1, le=500_000)

@@ -21,7 +21,7 @@ from pipelines.derive_windows import (
     quote,
     rfc3339,
 )
-from pipelines.influx_query import influx_query
+from pipelines.influx_query import query_influx
 from pipelines.influx_writer import InfluxWriter
 from pipelines.points import Point
 
@@ -89,10 +89,8 @@ async def recompute_range(
                 where = f"time >= {rfc3339(chunk_start)} AND time < {rfc3339(chunk_end)}"
                 if site is not None:
                     where += f' AND "site" = {quote(site)}'
-                await influx_query(
-                    windows.influx.url,
-                    f"DELETE FROM {ident(measurement)} WHERE {where}",
-                    database=windows.influx.database,
+                await query_influx(
+                    windows.influx, f"DELETE FROM {ident(measurement)} WHERE {where}"
                 )
             await write_and_wait(writer, lines)
             report.readings += len(lines)
@@ -115,10 +113,8 @@ async def recompute_range(
 
 
 async def _traffic_sites(windows: WindowDeriver) -> list[str]:
-    series = await influx_query(
-        windows.influx.url,
-        'SHOW TAG VALUES FROM "traffic_detector" WITH KEY = "site"',
-        database=windows.influx.database,
+    series = await query_influx(
+        windows.influx, 'SHOW TAG VALUES FROM "traffic_detector" WITH KEY = "site"'
     )
     return sorted({str(row[1]) for s in series for row in s.values})
 
@@ -138,11 +134,8 @@ async def _reading_lines(
     if sites is not None:
         where += " AND (" + " OR ".join(f'"site" = {quote(s)}' for s in sorted(sites)) + ")"
     lines = []
-    for series in await influx_query(
-        windows.influx.url,
-        f"SELECT * FROM {ident(kind)} WHERE {where} GROUP BY *",
-        database=windows.influx.database,
-        epoch="ns",
+    for series in await query_influx(
+        windows.influx, f"SELECT * FROM {ident(kind)} WHERE {where} GROUP BY *", epoch="ns"
     ):
         tags = series.tags
         for row in series.rows():

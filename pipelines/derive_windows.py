@@ -29,7 +29,7 @@ from pipelines.config import InfluxSettings
 from pipelines.derive_config import DatacenterSite, DeriveSettings, MeterRef, WaterMeterRef
 from pipelines.derive_points import Fields, format_fields
 from pipelines.derive_state import WindowKey
-from pipelines.influx_query import influx_query
+from pipelines.influx_query import query_influx
 from pipelines.line_protocol import escape_measurement, escape_tag, timestamp_ns
 
 DATACENTER = "datacenter"
@@ -94,18 +94,15 @@ class WindowDeriver:
         self.influx = influx
 
     async def _query(self, text: str) -> list[tuple[dict[str, str], list[dict[str, object]]]]:
-        series = await influx_query(
-            self.influx.url, text, database=self.influx.database, epoch="ns"
-        )
+        series = await query_influx(self.influx, text, epoch="ns")
         return [(s.tags, s.rows()) for s in series]
 
     async def delete(self, measurement: str, tags: dict[str, str], at: datetime) -> None:
         where = " AND ".join(f"{ident(k)} = {quote(v)}" for k, v in sorted(tags.items()))
-        await influx_query(
-            self.influx.url,
+        await query_influx(
+            self.influx,
             f"DELETE FROM {ident(measurement)} WHERE {where} AND time >= {rfc3339(at)} "
             f"AND time <= {rfc3339(at)}",
-            database=self.influx.database,
         )
 
     async def compute(self, key: WindowKey) -> WindowOutput:

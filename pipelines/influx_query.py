@@ -5,6 +5,7 @@ from typing import Any
 
 import httpx
 
+from pipelines.config import InfluxSettings
 from pipelines.influx_writer import InfluxError
 
 
@@ -22,8 +23,22 @@ class Series:
         return [dict(zip(self.columns, row, strict=True)) for row in self.values]
 
 
+async def query_influx(
+    influx: InfluxSettings, query: str, *, epoch: str | None = None
+) -> list[Series]:
+    """Run ``query`` in the ingest's database, with its credentials: the ingest's way in."""
+    return await influx_query(
+        influx.url, query, database=influx.database, epoch=epoch, auth=influx.credentials
+    )
+
+
 async def influx_query(
-    url: str, query: str, *, database: str | None = None, epoch: str | None = None
+    url: str,
+    query: str,
+    *,
+    database: str | None = None,
+    epoch: str | None = None,
+    auth: tuple[str, str] | None = None,
 ) -> list[Series]:
     """Run ``query``; InfluxError if the server or any statement reports an error."""
     params = {"q": query}
@@ -31,7 +46,7 @@ async def influx_query(
         params["db"] = database
     if epoch is not None:
         params["epoch"] = epoch
-    async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=30, auth=auth, trust_env=False) as http:
         # POST, because InfluxDB 1.x refuses CREATE/DROP over GET.
         response = await http.post("/query", data=params)
     if response.status_code != 200:

@@ -76,15 +76,10 @@ class InfluxWriter:
         self._drainer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        auth = (
-            httpx.BasicAuth(self._influx.username, self._influx.password or "")
-            if self._influx.username
-            else None
-        )
         self._http = httpx.AsyncClient(
             base_url=self._influx.url,
             timeout=self._influx.timeout_s,
-            auth=auth,
+            auth=self._influx.credentials,
             # Proxy variables meant for the outside world must not divert database writes.
             trust_env=False,
         )

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from devices import KINDS
 from pipelines.config import InfluxSettings
-from pipelines.influx_query import influx_query
+from pipelines.influx_query import query_influx
 from pipelines.influx_writer import InfluxError
 from pipelines.quality import QualityChecker
 
@@ -31,7 +31,7 @@ async def load_quality_history(
             f"GROUP BY * ORDER BY time DESC LIMIT {depth}"
         )
         try:
-            found = await influx_query(influx.url, query, database=influx.database, epoch="u")
+            found = await query_influx(influx, query, epoch="u")
         except (InfluxError, OSError) as exc:
             log.warning("quality: history of %s not read (%s); judging afresh", kind, exc)
             continue
