@@ -344,3 +344,25 @@ def test_topic_prefixes_are_rewritten() -> None:
     assert rewrite.topic("plant/a/meter/1") == "plant/b/meter/1"
     assert rewrite.topic("plant/c/meter/1") == "plant/c/meter/1"
     assert not rewrite.changes_payload
+
+
+@pytest.mark.slow
+async def test_the_recorder_comes_back_after_the_broker_restarts(tmp_path: Path) -> None:
+    out = tmp_path / "long.trace.gz"
+    async with MosquittoServer(tmp_path / "broker") as broker:
+        settings = BrokerSettings(port=broker.port)
+        options = RecordOptions(filters=["site/#"], out=out)
+        async with recording(settings, options, quiet_s=0.5) as stats:
+            await _publish(broker.port, [("site/a", b"before")])
+            await asyncio.sleep(0.3)
+            await broker.restart()
+            async with asyncio.timeout(30):
+                while stats.subscribed < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await _publish(broker.port, [("site/a", b"after")])
+    back, read = load_trace([out])
+    assert [r.payload for r in back] == [b"before", b"after"]
+    assert stats.reconnects >= 1
+    assert len(read.headers) == 2
+    assert read.headers[1].note is not None
+    assert "reconnected" in read.headers[1].note

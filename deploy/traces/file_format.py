@@ -157,6 +157,10 @@ class TraceWriter:
         self._add(record.to_json())
         self.records += 1
 
+    def buffer_header(self, header: TraceHeader) -> None:
+        """A header line mid-file: a new session (append) or a resumed one (reconnect)."""
+        self._add(header.to_json())
+
     def write(self, record: TraceRecord) -> None:
         self.buffer(record)
         if self._buffered >= self.member_bytes:

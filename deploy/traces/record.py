@@ -39,6 +39,9 @@ class RecordOptions:
 class RecordStats:
     messages: int = 0
     payload_bytes: int = 0
+    reconnects: int = 0
+    subscribed: int = 0
+    """Times the filters were subscribed (1 + successful reconnects)."""
     files: list[Path] = field(default_factory=list)
 
 
@@ -77,6 +80,19 @@ class _RotatingWriter:
         assert self.writer is not None
         self.writer.buffer(record)
 
+    def mark(self, note: str) -> None:
+        """A header line in the stream: where the recording resumed, and why."""
+        assert self.writer is not None
+        self.writer.buffer_header(
+            TraceHeader(
+                broker=self.broker,
+                filters=self.options.filters,
+                started_at=datetime.now(UTC),
+                part=self.part if self.rotating else None,
+                note=note,
+            )
+        )
+
     async def flush(self) -> None:
         """Write the buffer as one member (in a thread; the lock keeps members in order); rotate."""
         async with self._lock:
@@ -87,8 +103,9 @@ class _RotatingWriter:
             if data:
                 await asyncio.to_thread(writer.write_member, data)
             if self.rotating and self._due(writer):
-                await asyncio.to_thread(writer.close)
+                # Swap first, close after: messages arriving meanwhile go to the new part.
                 self.writer = await asyncio.to_thread(self._open)
+                await asyncio.to_thread(writer.close)
 
     def _due(self, writer: TraceWriter) -> bool:
         opts = self.options
@@ -137,39 +154,90 @@ async def record(
     stats = stats if stats is not None else RecordStats()
     context = await asyncio.to_thread(client_tls, broker, source)
     writer = _RotatingWriter(options, broker_url(broker), stats)
+    flusher: asyncio.Task[None] | None = None
+    delay = 0.5
     try:
-        async with make_client(
-            broker, version=options.version, purpose="record", context=context
-        ) as client:
-            # Only once connected: a refused connection leaves no empty trace behind.
-            await writer.open()
-            for topic in options.filters:
-                if options.version == "5":
-                    # Retain-as-published: keep the publisher's retain flag, not only the
-                    # flag of retained messages delivered at subscribe time.
-                    await client.subscribe(
-                        topic, options=SubscribeOptions(qos=options.qos, retainAsPublished=True)
+        while not stop.is_set():
+            try:
+                async with make_client(
+                    broker, version=options.version, purpose="record", context=context
+                ) as client:
+                    if writer.writer is None:
+                        # Only once connected: a refused connection leaves no empty trace.
+                        await writer.open()
+                        flusher = asyncio.create_task(
+                            _flush_every(writer, options.flush_interval_s)
+                        )
+                    else:
+                        writer.mark(
+                            "reconnected after the broker link was lost: messages "
+                            "published in between are not in this trace"
+                        )
+                    await _subscribe(client, options)
+                    stats.subscribed += 1
+                    delay = 0.5
+                    if subscribed is not None:
+                        subscribed.set()
+                    log.info(
+                        "recording %s from %s into %s",
+                        options.filters,
+                        broker_url(broker),
+                        options.out,
                     )
-                else:
-                    await client.subscribe(topic, qos=options.qos)
-            if subscribed is not None:
-                subscribed.set()
-            log.info(
-                "recording %s from %s into %s", options.filters, broker_url(broker), options.out
-            )
-            async with asyncio.TaskGroup() as tasks:
-                flusher = tasks.create_task(_flush_every(writer, options.flush_interval_s))
-                consumer = tasks.create_task(_consume(client, writer, stats, options, on_record))
-                stopper = tasks.create_task(stop.wait())
-                await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (flusher, consumer, stopper):
-                    task.cancel()
+                    if await _consume_until(client, writer, stats, options, on_record, stop):
+                        break
+            except aiomqtt.MqttError as exc:
+                if writer.writer is None:
+                    raise  # never connected: wrong address, credentials or certificate
+                stats.reconnects += 1
+                log.warning("recorder: broker link lost (%s); reconnecting in %.1f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                delay = min(delay * 2, 30.0)
     finally:
-        # Also on Ctrl-C and on a lost broker: what was received is on disk, the file is valid.
+        if flusher is not None:
+            flusher.cancel()
+        # Also on Ctrl-C: what was received is on disk and the file is valid.
         with contextlib.suppress(Exception):
             await asyncio.shield(writer.flush())
         await asyncio.shield(writer.close())
     return stats
+
+
+async def _subscribe(client: aiomqtt.Client, options: RecordOptions) -> None:
+    for topic in options.filters:
+        if options.version == "5":
+            # Retain-as-published: keep the publisher's retain flag, not only the
+            # flag of retained messages delivered at subscribe time.
+            await client.subscribe(
+                topic, options=SubscribeOptions(qos=options.qos, retainAsPublished=True)
+            )
+        else:
+            await client.subscribe(topic, qos=options.qos)
+
+
+async def _consume_until(
+    client: aiomqtt.Client,
+    writer: _RotatingWriter,
+    stats: RecordStats,
+    options: RecordOptions,
+    on_record: Callable[[TraceRecord], None] | None,
+    stop: asyncio.Event,
+) -> bool:
+    """Consume until stopped or max_messages (True); a lost link raises MqttError."""
+    consumer = asyncio.create_task(_consume(client, writer, stats, options, on_record))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not consumer.done():
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+    if consumer.done() and not consumer.cancelled():
+        consumer.result()  # the link broke: MqttError
+    return True
 
 
 async def _consume(
@@ -202,7 +270,7 @@ async def _flush_every(writer: _RotatingWriter, interval_s: float) -> None:
 async def recording(
     broker: BrokerSettings, options: RecordOptions, *, quiet_s: float = 1.0, timeout_s: float = 60
 ) -> AsyncIterator[RecordStats]:
-    """Record while the body runs; on leaving, once nothing has arrived for ``quiet_s``, stop.
+    """Record while the body runs; after it, once nothing has arrived for ``quiet_s``, stop.
 
     For scripts and tests that publish something and want all of it in the trace.
     """
@@ -223,6 +291,8 @@ async def recording(
         await task  # raises what went wrong (broker unreachable ...)
     try:
         yield stats
+        # Quiet from the end of the body on: what it published last is still on its way.
+        last[0] = time.monotonic()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() - last[0] < quiet_s and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
