@@ -95,6 +95,8 @@ async def _run(devices: int, hours: float, tmp: Path) -> dict[str, float]:
         process = psutil.Process(gateway.pid)
         mosquitto = psutil.Process(broker.pid)
         broker_cpu = sum(mosquitto.cpu_times()[:2])
+        # This process is the subscriber: if it were saturated, it would be the limit.
+        observer_cpu = sum(psutil.Process().cpu_times()[:2])
         rss: list[int] = []
         try:
             while sink.backlog < sink.expected:
@@ -105,6 +107,7 @@ async def _run(devices: int, hours: float, tmp: Path) -> dict[str, float]:
                 await asyncio.sleep(0.5)
             drained_at = received.last_at or loop.time()
             broker_cpu = sum(mosquitto.cpu_times()[:2]) - broker_cpu
+            observer_cpu = sum(psutil.Process().cpu_times()[:2]) - observer_cpu
             await asyncio.sleep(2)  # anything repeated late would show now
         finally:
             code = await stop_gateway(gateway)
@@ -136,6 +139,7 @@ async def _run(devices: int, hours: float, tmp: Path) -> dict[str, float]:
         "dropped": dropped,
         "gateway_cpu_percent": 100 * cpu / (drained_at - launched),
         "mosquitto_cpu_percent": 100 * broker_cpu / (drained_at - launched),
+        "subscriber_cpu_percent": 100 * observer_cpu / (drained_at - launched),
         "gateway_rss_max_mb": max(rss) / 1e6,
         "load_1m": os.getloadavg()[0],
     }

@@ -15,6 +15,7 @@ may be in flight at once; each is its own row until its PUBACK.
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ class OutgoingMessage:
     payload: bytes
     ids: list[int]
     lane: Lane
+    size: int | None = None
+    """Bytes its readings take in the outbox; None when read back after a restart."""
 
 
 class Outbox(DurableSqlite):
@@ -92,6 +95,7 @@ class Outbox(DurableSqlite):
         # Messages reserved and not yet acknowledged, by seq: the next reservation
         # of a lane starts after the newest of them.
         self._sending: dict[int, OutgoingMessage] = {}
+        self._next_seq = 0
         # One writer at a time: sqlite3 commits whatever the connection has pending,
         # so two coroutines interleaving statements would commit each other's halves.
         self._lock = asyncio.Lock()
@@ -112,6 +116,10 @@ class Outbox(DurableSqlite):
         if "held" not in columns:  # an outbox written before clock sanity existed
             for ddl in ("held INTEGER NOT NULL DEFAULT 0", "boot TEXT", "mono REAL"):
                 await self.db.execute(f"ALTER TABLE readings ADD COLUMN {ddl}")
+        # Held readings are few: found through this index, never by a scan of all.
+        await self.db.execute(
+            "CREATE INDEX IF NOT EXISTS readings_held ON readings(id) WHERE held = 1"
+        )
         # Held readings of an earlier boot can no longer be corrected (the monotonic
         # clock restarted): they go out as they are, marked "unsynced".
         released = await self.db.execute(
@@ -124,17 +132,25 @@ class Outbox(DurableSqlite):
                 released.rowcount,
             )
         await self.db.commit()
-        async with self.db.execute(
-            "SELECT count(*), total(length(body)), max(id), total(held) FROM readings"
-        ) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        self._count, self._bytes = int(row[0]), int(row[1])
-        self.held = int(row[3])
+        # Counted as they change, not at start: scanning a day's backlog (gigabytes
+        # on an SD card) would keep the gateway from polling for a minute or more.
+        count, size = await self._meta("count"), await self._meta("bytes")
+        if count is None or size is None:  # an outbox from before the counters
+            row = await self._one("SELECT count(*), total(length(body)) FROM readings")
+            count, size = int(row[0]), int(row[1])
+            async with self._transaction():
+                await self._store_counts(count, size)
+        self._count, self._bytes = count, size
+        self.held = int((await self._one("SELECT count(*) FROM readings WHERE held = 1"))[0])
         # Whatever is on disk at start is backlog: it waited through an outage.
-        self._last_id = self._live_floor = int(row[2] or 0)
+        self._last_id = self._live_floor = int(
+            (await self._one("SELECT max(id) FROM readings"))[0] or 0
+        )
         self._live, self._backlog = 0, self._count - self.held
-        self.dropped = await self._meta("dropped")
+        self.dropped = await self._meta("dropped") or 0
+        # Never below a number already in flight, whatever wrote the file.
+        top = (await self._one("SELECT max(seq) FROM inflight"))[0]
+        self._next_seq = max(await self._meta("next_seq") or 0, 0 if top is None else int(top) + 1)
 
     @property
     def pending(self) -> int:
@@ -185,9 +201,9 @@ class Outbox(DurableSqlite):
                 rows,
             )
             await cursor.close()
-            async with self.db.execute("SELECT max(id) FROM readings") as cur:
-                row = await cur.fetchone()
-        self._last_id = int(row[0] or 0) if row else self._last_id
+            await self._store_counts(self._count + len(rows), self._bytes + incoming)
+            row = await self._one("SELECT max(id) FROM readings")
+        self._last_id = int(row[0] or 0)
         self._count += len(rows)
         self._live += len(rows) - held
         self.held += held
@@ -214,6 +230,7 @@ class Outbox(DurableSqlite):
             await self.db.executemany(
                 "UPDATE readings SET taken_at = ?, body = ?, held = 0 WHERE id = ?", updates
             )
+            await self._store_counts(self._count, self._bytes + grown)
         self._bytes += grown
         for _, _, reading_id in updates:
             if reading_id <= self._live_floor:
@@ -324,18 +341,21 @@ class Outbox(DurableSqlite):
             ),
             default=low,
         )
+        # Few round trips to SQLite's thread per message: under load each one waits to be scheduled.
         async with self._transaction():
-            async with self.db.execute(
-                "SELECT id, body FROM readings WHERE id > ? AND id <= ? AND held = 0 "
-                "ORDER BY id LIMIT ?",
-                (after, high if high is not None else _MAX_ID, limit),
-            ) as cur:
-                rows = list(await cur.fetchall())
+            rows = list(
+                await self.db.execute_fetchall(
+                    "SELECT id, body FROM readings WHERE id > ? AND id <= ? AND held = 0 "
+                    "ORDER BY id LIMIT ?",
+                    (after, high if high is not None else _MAX_ID, limit),
+                )
+            )
             if not rows:
                 return None
-            seq = await self._meta("next_seq")
+            seq = self._next_seq
             ids = [int(r[0]) for r in rows]
-            payload = _payload(gateway, site, seq, sent_at, [body for _, body in rows])
+            bodies: list[str] = [r[1] for r in rows]
+            payload = _payload(gateway, site, seq, sent_at, bodies)
             await self.db.execute(
                 "INSERT INTO inflight (seq, payload, ids, lane) VALUES (?, ?, ?, ?)",
                 (seq, payload, json.dumps(ids), lane),
@@ -345,25 +365,32 @@ class Outbox(DurableSqlite):
                 "ON CONFLICT(key) DO UPDATE SET value = ?",
                 (seq + 1, seq + 1),
             )
-        message = OutgoingMessage(seq, payload, ids, lane)
+        self._next_seq = seq + 1
+        message = OutgoingMessage(seq, payload, ids, lane, sum(len(b) for b in bodies))
         self._sending[seq] = message
         return message
 
     async def acknowledged(self, message: OutgoingMessage) -> None:
         """The broker has the message: its readings leave the outbox (one transaction)."""
         async with self._transaction():
-            async with self.db.execute(
-                f"SELECT total(length(body)), count(*) FROM readings WHERE id IN "
-                f"({','.join('?' * len(message.ids))})",
-                message.ids,
-            ) as cur:
-                row = await cur.fetchone()
-            assert row is not None
+            # Nothing else deletes a message's readings while it is in flight, but
+            # one read back after a restart does not know their size.
+            size, count = message.size, len(message.ids)
+            if size is None:
+                rows = list(
+                    await self.db.execute_fetchall(
+                        f"SELECT total(length(body)), count(*) FROM readings WHERE id IN "
+                        f"({','.join('?' * len(message.ids))})",
+                        message.ids,
+                    )
+                )
+                size, count = int(rows[0][0]), int(rows[0][1])
             await self._delete(message.ids)
             await self.db.execute("DELETE FROM inflight WHERE seq = ?", (message.seq,))
+            await self._store_counts(self._count - count, self._bytes - size)
         self._sending.pop(message.seq, None)
-        self._bytes -= int(row[0])
-        self._count -= int(row[1])
+        self._bytes -= size
+        self._count -= count
         self._forget(message.ids)
 
     async def _delete(self, ids: list[int]) -> None:
@@ -375,7 +402,7 @@ class Outbox(DurableSqlite):
 
     async def remembered(self, key: str) -> int:
         """A small number the gateway keeps across restarts (0 if never set)."""
-        return await self._meta(key)
+        return await self._meta(key) or 0
 
     async def remember(self, key: str, value: int) -> None:
         async with self._transaction():
@@ -385,10 +412,22 @@ class Outbox(DurableSqlite):
                 (key, value, value),
             )
 
-    async def _meta(self, key: str) -> int:
-        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+    async def _meta(self, key: str) -> int | None:
+        rows = list(await self.db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,)))
+        return int(rows[0][0]) if rows else None
+
+    async def _one(self, sql: str) -> sqlite3.Row:
+        """The one row of an aggregate query."""
+        rows = list(await self.db.execute_fetchall(sql))
+        return rows[0]
+
+    async def _store_counts(self, count: int, size: int) -> None:
+        """Readings and bytes in the outbox, in the same transaction that changes them."""
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('count', ?), ('bytes', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (count, size),
+        )
 
 
 _MAX_ID = 2**63 - 1

@@ -76,6 +76,12 @@ async def test_messages_in_flight_never_share_a_reading_and_survive_a_reopen(
         await outbox.acknowledged(messages[4])
     # A crash now: the four unacknowledged messages go out again, byte for byte.
     async with Outbox(path, max_bytes=10**9, boot_id="b1") as outbox:
+        # Counted as they changed, not rescanned at start: the counts match the rows.
+        rows = list(
+            await outbox.db.execute_fetchall("SELECT count(*), total(length(body)) FROM readings")
+        )
+        assert (outbox.pending, outbox.pending_bytes) == (rows[0][0], int(rows[0][1]))
+        assert outbox.pending == len(readings) - len(messages[1].ids) - len(messages[4].ids)
         again = await outbox.inflight_messages()
         assert [(m.seq, m.payload) for m in again] == [
             (m.seq, m.payload) for m in messages if m.seq not in (1, 4)
