@@ -244,10 +244,8 @@ class FramePublisher:
         self._out.append(payload)
         self._out_bytes += length + 5
         if self._out_bytes >= _WRITE_BYTES:
-            self._flush()
             # Let the transport push the bytes before we queue more.
-            assert self._writer is not None
-            await self._writer.drain()
+            await self.flush()
 
     def _flush(self) -> None:
         if self._out and self._writer is not None:
@@ -259,7 +257,12 @@ class FramePublisher:
         """Write what is queued now (a paced replay calls this after each message)."""
         self._flush()
         if self._writer is not None:
-            await self._writer.drain()
+            try:
+                await self._writer.drain()
+            except OSError as exc:
+                self._fail(PublishError(f"the broker link broke: {exc!r}"))
+        if self._error is not None:
+            raise self._error
 
     async def drain(self) -> None:
         """Return once every QoS 1/2 message is acknowledged and everything is written."""
