@@ -114,11 +114,15 @@ async def _publish_all(
     fast_base_us = time.time_ns() // 1000 - (total_loops or 1) * period
     start_mono = loop.time()
     start_wall_us = time.time_ns() // 1000
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
+
     n = 0
-    while total_loops == 0 or n < total_loops:
+    while (total_loops == 0 or n < total_loops) and not stopped():
         progress.loop = n
         for rec in records:
-            if stop is not None and stop.is_set():
+            if stopped():
                 break
             virtual_us = n * period + (rec.t_us - t0)
             if options.speed is not None:
@@ -142,10 +146,7 @@ async def _publish_all(
             if options.speed is not None:
                 await client.flush()
             progress.sent += 1
-        else:
-            n += 1
-            continue
-        break
+        n += 1
     await client.drain()
 
 

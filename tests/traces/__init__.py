@@ -1,0 +1,1 @@
+"""Trace files recorded through a real broker (make_traces.py regenerates them)."""
