@@ -305,6 +305,9 @@ class MosquittoServer(_ManagedServer):
             "max_queued_messages 1000000",
             # A wider in-flight window lets a reconnecting consumer drain its backlog faster.
             "max_inflight_messages 1000",
+            # Without it small PUBLISHes wait on Nagle's algorithm: recorded arrival times
+            # trail the wire by up to ~40 ms.
+            "set_tcp_nodelay true",
             f"log_dest file {self.log_path}",
             "log_type error",
             "log_type warning",
