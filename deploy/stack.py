@@ -7,6 +7,7 @@ together and so may import each of them, the dashboards included.
 import asyncio
 import contextlib
 import logging
+import secrets
 import shlex
 import shutil
 import sys
@@ -19,9 +20,11 @@ from pathlib import Path
 from collector.config import DeviceSettings, GatewaySettings, SimulatorSource, load_gateway_config
 from collector.gateway import Gateway
 from dashboards.provisioning import write_provisioning
-from deploy.servers import InfluxServer, MosquittoServer, require_binaries
+from deploy.servers import InfluxServer, MosquittoServer, find_free_port, require_binaries
 from devices import KINDS, Domain
 from pipelines.config import (
+    ApiSettings,
+    ApiToken,
     BatchSettings,
     DeadLetterSettings,
     InfluxSettings,
@@ -126,6 +129,8 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
         print(f"  InfluxDB   {influx.url}   database {DATABASE}   (log {influx.log_path})")
         written = write_provisioning(data / "grafana", influx_url=influx.url, database=DATABASE)
         print(f"  dashboards {len(written)} Grafana provisioning files under {data / 'grafana'}")
+        api_port = find_free_port()
+        token_file, token = await asyncio.to_thread(_api_token, data)
         ingest = IngestService(
             IngestSettings(
                 mqtt=MqttSettings(port=broker.port, client_id="ecotel-ingest-stack"),
@@ -134,7 +139,16 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
                 dead_letter=DeadLetterSettings(path=data / "ingest" / "dead-letters.sqlite3"),
                 stats_interval_s=60,
                 derive=sample_derive(),
+                api=ApiSettings(
+                    enabled=True,
+                    port=api_port,
+                    tokens=[ApiToken(token=token, name="local stack operator")],
+                ),
             )
+        )
+        print(
+            f"  ingest API http://127.0.0.1:{api_port}   (/metrics, /readyz, /docs; bearer token "
+            f"in {token_file})"
         )
         gateways = [Gateway(s) for s in sample_gateways(options, broker.port)]
         for gw in gateways:
@@ -176,6 +190,16 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
         )
     _print_report(report, data)
     return report
+
+
+def _api_token(data: Path) -> tuple[Path, str]:
+    """The stack's operator token for the ingest API: made once, kept in the data dir (0600)."""
+    path = data / "ingest" / "api-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
+    return path, path.read_text(encoding="utf-8").strip()
 
 
 def _prepare_data_dir(options: StackOptions) -> Path:
