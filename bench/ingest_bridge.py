@@ -67,6 +67,13 @@ class Batcher:
             if self._lines and time.monotonic() - self._since >= self.flush_s:
                 self._hand_over()
 
+    def close(self) -> None:
+        """Hand over what is left and tell the writer to stop after it."""
+        with self._lock:
+            if self._lines:
+                self._hand_over()
+        self.batches.put(None)
+
     def _hand_over(self) -> None:
         self.batches.put(self._lines)
         self._lines = []
@@ -153,9 +160,7 @@ def main() -> None:
     stop.wait()
     client.disconnect()
     client.loop_stop()
-    with batcher._lock:
-        batcher._hand_over()
-    batcher.batches.put(None)
+    batcher.close()
     writer.join()
     print(json.dumps(counters), flush=True)
 
