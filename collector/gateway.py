@@ -29,7 +29,7 @@ from devices import Reading
 log = logging.getLogger("ecotel.gateway")
 
 _IN_FLIGHT = 8
-"""Messages published and not yet acknowledged at once (paho allows 20)."""
+"""Most messages published and not yet acknowledged at once (paho allows 20)."""
 
 
 def _raise_failure(sending: set[asyncio.Task[None]]) -> None:
@@ -386,11 +386,16 @@ class Gateway:
             while sending:
                 await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
                 _raise_failure(sending)
-            # Up to _IN_FLIGHT messages wait for their PUBACK at once: one at a
-            # time, a drain would spend most of its time waiting for round trips.
+            # Several messages wait for their PUBACK at once: one at a time, a fast
+            # drain spends most of its time waiting for round trips. About a second
+            # of the backlog rate, so that on a link just fast enough for that rate
+            # no PUBACK waits longer than the client's timeout (10 s) in the queue.
+            ident = self.settings.gateway
+            window = math.ceil(ident.backlog_readings_per_s / ident.batch_max_readings)
+            window = max(1, min(_IN_FLIGHT, window))
             while True:
                 _raise_failure(sending)
-                if len(sending) >= _IN_FLIGHT:
+                if len(sending) >= window:
                     await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 message = await self._next_message()
