@@ -157,6 +157,14 @@ class InfluxWriter:
         while True:
             points, done = await self._queue.get()
             batch, callbacks = list(points), [done]
+            # Take what is already queued before looking at _flush_now: flush_soon()
+            # during the previous write left it set, and without this the next batch
+            # closed after one item (8,323 POSTs of 3.6 points for 30,000 one-reading
+            # messages; docs/performance.md, ingest CPU 11.1 -> 6.6 s).
+            while len(batch) < self._batch.max_points and not self._queue.empty():
+                points, done = self._queue.get_nowait()
+                batch.extend(points)
+                callbacks.append(done)
             deadline = loop.time() + self._batch.max_delay_s
             while len(batch) < self._batch.max_points and not self._flush_now.is_set():
                 remaining = deadline - loop.time()
