@@ -4,11 +4,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Annotated, Any, Literal, Union, cast
 
-from pydantic import JsonValue, ValidationError
+from pydantic import Field, JsonValue, ValidationError, create_model
 
 from collector import wire
-from devices import CatalogError, KindValues, Reading, check_values
+from devices import KINDS, CatalogError, KindValues, Reading, check_values
+from devices.kind import ChannelSpec
 from pipelines.line_protocol import to_line
 from pipelines.quality import QualityChecker
 from pipelines.site_limits import SiteLimits
@@ -102,6 +105,12 @@ def decode_readings(
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MessageRejected("not_utf8", f"payload is not UTF-8: {exc}") from None
+    if checks is None:
+        checks = Checks(window or TimeWindow())
+    fast = _decode_whole(site, gateway, text, checks)
+    if fast is not None:
+        return fast
+    # Something in the message is wrong: the per-reading path finds which readings, and why.
     try:
         envelope = wire.ReadingsEnvelope.model_validate_json(text)
     except ValidationError as exc:
@@ -112,8 +121,6 @@ def decode_readings(
             f"topic names site {site!r} gateway {gateway!r}, payload says site "
             f"{envelope.site!r} gateway {envelope.gateway!r}",
         )
-    if checks is None:
-        checks = Checks(window or TimeWindow())
     decoded = DecodedReadings(site=site, gateway=gateway, seq=envelope.seq)
     check_readings(decoded, envelope.readings, checks)
     return decoded
@@ -157,18 +164,104 @@ def check_readings(decoded: DecodedReadings, readings: list[JsonValue], checks: 
         if problem is not None:
             decoded.rejections.append(Rejection(problem.reason, problem.detail, index, raw))
             continue
-        flags = (
-            quality.check(
-                (site, gateway, reading.device, reading.kind, reading.channel),
-                reading.time,
-                values,
-            )
-            if quality is not None
-            else None
+        _store(decoded, reading, values, quality)
+
+
+def _store(
+    decoded: DecodedReadings, reading: Reading, values: KindValues, quality: QualityChecker | None
+) -> None:
+    """Add an accepted reading's line (with its quality flags) to ``decoded``."""
+    site, gateway = decoded.site, decoded.gateway
+    flags = (
+        quality.check(
+            (site, gateway, reading.device, reading.kind, reading.channel), reading.time, values
         )
-        decoded.lines.append(to_line(site, gateway, reading, values, quality=flags))
-        decoded.kinds.append(reading.kind)
-        decoded.readings.append((reading, values))
+        if quality is not None
+        else None
+    )
+    decoded.lines.append(to_line(site, gateway, reading, values, quality=flags))
+    decoded.kinds.append(reading.kind)
+    decoded.readings.append((reading, values))
+
+
+def _decode_whole(site: str, gateway: str, text: str, checks: Checks) -> DecodedReadings | None:
+    """The whole message in one ``validate_json`` call, or None if any part of it is refused.
+
+    One call because pydantic-core then loops over the readings in Rust: 2.0-3.4 us per
+    reading against 5.7-6.6 us for envelope + Reading + the kind's model one by one
+    (docs/performance.md). Any refusal (a bad reading, a foreign device, a time out of
+    the window) returns None *before* the stateful quality checker has seen anything, and
+    the per-reading path then says precisely which readings and why.
+    """
+    limits = checks.limits
+    models = tuple(
+        (limits.model(site, kind) if limits is not None else None) or model
+        for kind, model in KINDS.items()
+    )
+    try:
+        envelope = _whole_message_model(models).model_validate_json(text)
+    except ValidationError:
+        return None
+    if (envelope.site, envelope.gateway) != (site, gateway):
+        return None
+    readings = cast(list[Reading], envelope.readings)
+    now = datetime.now(UTC)
+    allowed = checks.devices.get((site, gateway)) if checks.devices else None
+    window = checks.window
+    for reading in readings:
+        values = cast(KindValues, reading.values)
+        if not _channel_ok(type(values).channel, reading.channel):
+            return None
+        if allowed is not None and reading.device not in allowed:
+            return None
+        if window.problem(reading, now) is not None:
+            return None
+    decoded = DecodedReadings(site=site, gateway=gateway, seq=envelope.seq)
+    quality = checks.quality
+    for reading in readings:
+        _store(decoded, reading, cast(KindValues, reading.values), quality)
+    return decoded
+
+
+def _channel_ok(spec: ChannelSpec | None, channel: str | None) -> bool:
+    """check_values' channel rule, as a yes or no (its refusals come from the slow path)."""
+    if spec is None:
+        return channel is None
+    return channel is not None and (not spec.allowed or channel in spec.allowed)
+
+
+@cache
+def _reading_model(values: type[KindValues]) -> type[Reading]:
+    """A Reading of one kind, its values checked by ``values`` (a subclass: still a Reading)."""
+    kind: Any = Literal[values.kind]
+    model: type[Reading] = create_model(
+        f"{values.__name__}Reading",
+        __base__=Reading,
+        kind=(kind, ...),
+        values=(values, ...),
+    )
+    return model
+
+
+@cache
+def _whole_message_model(models: tuple[type[KindValues], ...]) -> type[wire.ReadingsEnvelope]:
+    """The envelope with its readings checked too: a union of the kinds' readings on ``kind``.
+
+    Per tuple of models, since a site's own ranges (SiteLimits) replace a kind's model.
+    """
+    member: Any = Annotated[
+        Union[tuple(_reading_model(m) for m in models)],  # noqa: UP007
+        Field(discriminator="kind"),
+    ]
+    envelope: type[wire.ReadingsEnvelope] = create_model(
+        "WholeReadingsMessage",
+        __base__=wire.ReadingsEnvelope,
+        readings=(
+            list[member],
+            Field(min_length=1, max_length=wire.MAX_READINGS_PER_MESSAGE),
+        ),
+    )
+    return envelope
 
 
 def _envelope_problem(text: str, exc: ValidationError) -> tuple[str, str]:
