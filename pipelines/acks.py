@@ -1,24 +1,10 @@
-"""PUBACKs held back until a message's readings are durable, then sent in arrival order.
-
-aiomqtt 2.x acknowledges every QoS 1 message on receipt (empicano/aiomqtt
-issue #345); paho-mqtt, which it wraps, can hold the PUBACK back
-(``manual_ack_set``). We switch that on in aiomqtt's paho client: the one
-private attribute ecotel touches, pinned by tests/test_ingest_acks.py, which
-kills the ingest with messages in flight and finds every reading stored.
-"""
+"""PUBACKs held back until a message's readings are durable, then sent in arrival order."""
 
 import time
 from collections import deque
 from collections.abc import Callable
 
-import aiomqtt
-
 Done = Callable[[], None]
-
-
-def enable_manual_acks(client: aiomqtt.Client) -> None:
-    """Make ``client`` leave PUBACKs to us; call before connecting."""
-    client._client.manual_ack_set(True)
 
 
 class InOrderAcks:
@@ -26,11 +12,13 @@ class InOrderAcks:
 
     MQTT wants acknowledgements in the order the messages came; a message
     refused early (dead-lettered at once) must not be acknowledged ahead of
-    one whose readings are still on their way to InfluxDB.
+    one whose readings are still on their way to InfluxDB. ``send(mid)``
+    sends one PUBACK (pipelines/mqtt_consumer.py).
     """
 
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self._client = client
+    def __init__(self, send: Callable[[int], None]) -> None:
+        self._send = send
+        # [mid (0 for QoS 0: nothing to send), done, arrival time]
         self._waiting: deque[list[int | bool | float]] = deque()
 
     @property
@@ -41,23 +29,24 @@ class InOrderAcks:
         """How long the oldest message still owed a PUBACK has waited (0 if none)."""
         if not self._waiting:
             return 0.0
-        return time.monotonic() - float(self._waiting[0][3])
+        return time.monotonic() - float(self._waiting[0][2])
 
     def ticket(self, mid: int, qos: int) -> Done:
-        entry: list[int | bool | float] = [mid, qos, False, time.monotonic()]
+        entry: list[int | bool | float] = [mid if qos > 0 else 0, False, time.monotonic()]
         self._waiting.append(entry)
 
         def done() -> None:
-            entry[2] = True
+            entry[1] = True
             self._release()
 
         return done
 
     def _release(self) -> None:
-        while self._waiting and self._waiting[0][2]:
-            mid, qos, _, _ = self._waiting.popleft()
-            if int(qos) > 0:
+        waiting, send = self._waiting, self._send
+        while waiting and waiting[0][1]:
+            mid = int(waiting.popleft()[0])
+            if mid:
                 # On a link that has gone, this does nothing: the broker
                 # redelivers the message on the next session, which is safe
                 # because a reading always maps to the same point.
-                self._client._client.ack(int(mid), int(qos))
+                send(mid)

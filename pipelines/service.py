@@ -5,11 +5,10 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import aiomqtt
 from pydantic import ValidationError
 
 from collector import wire
-from pipelines.acks import Done, InOrderAcks, enable_manual_acks
+from pipelines.acks import Done, InOrderAcks
 from pipelines.config import IngestSettings
 from pipelines.dead_letter import DeadLetterStore
 from pipelines.decode import (
@@ -28,6 +27,7 @@ from pipelines.line_protocol import (
     health_to_lines,
     status_to_line,
 )
+from pipelines.mqtt_consumer import MqttLinkError, MqttSession
 from pipelines.quality import QualityChecker
 from pipelines.quality_history import load_quality_history
 from pipelines.sequence_tracker import Seen, SequenceTracker
@@ -145,36 +145,31 @@ class IngestService:
         delay = 0.5
         while True:
             try:
-                client = aiomqtt.Client(
-                    mqtt.host,
-                    mqtt.port,
-                    identifier=mqtt.session_id,
-                    clean_session=False,
-                    keepalive=mqtt.keepalive_s,
-                    timeout=10,
+                session = MqttSession(
+                    mqtt.host, mqtt.port, mqtt.session_id, keepalive_s=mqtt.keepalive_s
                 )
-                # At-least-once: the broker keeps a message until its readings
-                # are in InfluxDB or in the dead-letter store.
-                enable_manual_acks(client)
-                acks = self.acks = InOrderAcks(client)
-                async with client:
+                async with session:
+                    # At-least-once: the broker keeps a message until its readings
+                    # are in InfluxDB or in the dead-letter store.
+                    acks = self.acks = InOrderAcks(session.ack)
                     # Subscribe on every connect: a consumer that reconnects
                     # but does not resubscribe is the commonest bug of the field.
                     for topic in mqtt.subscriptions:
-                        await client.subscribe(topic, qos=wire.QOS)
+                        await session.subscribe(topic, wire.QOS)
                     self.connected.set()
                     delay = 0.5
                     log.info(
                         "ingest connected to %s:%d as %s", mqtt.host, mqtt.port, mqtt.session_id
                     )
-                    async for message in client.messages:
-                        done = acks.ticket(message.mid, message.qos)
-                        await self.handle(str(message.topic), _payload_bytes(message.payload), done)
+                    while True:
+                        # All that one socket read brought, in one wakeup.
+                        for topic, payload, mid, qos in await session.next_batch():
+                            await self.handle(topic, payload, acks.ticket(mid, qos))
                         if acks.unacked >= mqtt.max_unacked_messages:
                             # The broker stops sending at its in-flight limit:
                             # write now rather than wait for the batch timer.
                             self._writer.flush_soon()
-            except aiomqtt.MqttError as exc:
+            except MqttLinkError as exc:
                 self.connected.clear()
                 log.warning("ingest: broker link lost (%s); reconnecting in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -331,11 +326,3 @@ def _durable() -> tuple[Done, "asyncio.Future[None]"]:
             stored.set_result(None)
 
     return done, stored
-
-
-def _payload_bytes(payload: object) -> bytes:
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
-    return str(payload).encode()
