@@ -38,6 +38,8 @@ class Deriver:
         self.settings = settings
         self.windows = WindowDeriver(settings, ingest.influx)
         self._writer = writer
+        # More than two full batches waiting: the writer is not keeping up (a backlog).
+        self._behind_points = 2 * ingest.batch.max_points
         self._state = DirtyWindows(state)
         self._written: list[tuple[set[WindowKey], Done]] = []
         self._wake = asyncio.Event()
@@ -137,7 +139,10 @@ class Deriver:
             if self._writer.spooled:
                 continue
             try:
-                for key, version in await self._state.due(delays):
+                # While behind, only windows past their ceiling: the backlog's later readings
+                # would touch the others again and the query load slows the catch-up.
+                held = self._writer.pending > self._behind_points
+                for key, version in await self._state.due(delays, held=held):
                     try:
                         await self.recompute(key)
                     except (InfluxError, httpx.HTTPError):
