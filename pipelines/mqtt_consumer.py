@@ -81,7 +81,9 @@ class _Protocol(asyncio.Protocol):
         self.lost: MqttLinkError | None = None
         self.paused = False
         self.last_heard = time.monotonic()
-        self._rest = b""
+        # The start of a packet not yet whole, and how long it will be (0: not known yet).
+        self._rest = bytearray()
+        self._need = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -111,7 +113,12 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
         if self._rest:
-            data = self._rest + data
+            # A large message comes in many reads: gather it, parse it once whole.
+            self._rest += data
+            if len(self._rest) < self._need:
+                return
+            data, self._rest = bytes(self._rest), bytearray()
+        self._need = 0
         pending = self.pending
         had = len(pending)
         end = len(data)
@@ -135,11 +142,14 @@ class _Protocol(asyncio.Protocol):
                         raise MqttLinkError("malformed remaining length")
                 stop = i + length
                 if length < 0 or stop > end:
+                    self._need = stop - pos if length >= 0 else 0
                     break
                 if first >> 4 == _PUBLISH:
-                    topic_end = i + 2 + ((data[i] << 8) | data[i + 1])
-                    topic = data[i + 2 : topic_end].decode(errors="replace")
                     qos = (first >> 1) & 3
+                    topic_end = i + 2 + ((data[i] << 8) | data[i + 1]) if length >= 2 else stop + 1
+                    if topic_end + (2 if qos else 0) > stop:
+                        raise MqttLinkError("malformed PUBLISH")
+                    topic = data[i + 2 : topic_end].decode(errors="replace")
                     if qos == 0:
                         pending.append(Message(topic, data[topic_end:stop], 0, 0))
                     elif qos == 1:
@@ -154,7 +164,8 @@ class _Protocol(asyncio.Protocol):
         except MqttLinkError as exc:
             self._fail(exc)
             return
-        self._rest = data[pos:]
+        if pos < end:
+            self._rest += data[pos:]
         if len(pending) != had:
             self._wake()
             if len(pending) >= _PAUSE_AT and not self.paused and self.transport is not None:

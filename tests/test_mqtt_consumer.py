@@ -98,6 +98,23 @@ def test_a_qos_2_publish_or_an_unknown_packet_breaks_the_link() -> None:
     assert "packet type 15" in str(lost)
 
 
+def test_a_large_message_in_many_reads_comes_out_once_whole() -> None:
+    big = Message("ecotel/v1/site/gw/readings", bytes(range(256)) * 4_000, 9, 1)
+    stream = _publish(big) + _publish(Message("t", b"after", 10, 1))
+    received, lost = _received(stream, list(range(0, len(stream), 4_096)))
+    assert lost is None
+    assert received == [big, Message("t", b"after", 10, 1)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.lists(st.integers(0, 64), max_size=4))
+def test_garbage_from_the_broker_breaks_the_link_and_nothing_else(
+    stream: bytes, cuts: list[int]
+) -> None:
+    # Whatever arrives, data_received returns: a bad packet ends the link (lost), never the loop.
+    _received(stream, [min(c, len(stream)) for c in cuts])
+
+
 def _message(seq: int) -> bytes:
     return json.dumps(
         {
