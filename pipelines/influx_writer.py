@@ -207,8 +207,7 @@ class InfluxWriter:
             await self._on_refused(batch, exc)
             return
         if written:
-            for point in batch:
-                self._stats.count_written(point.kind, reading=point.reading)
+            self._stats.count_written_points(batch)
 
     async def _spooled(self, batch: list[Point]) -> bool:
         if self._spool is None or not await self._spool.add(batch):
