@@ -170,6 +170,11 @@ async def test_the_ingest_reconnects_and_resubscribes_to_a_broker_that_forgot_it
             await asyncio.wait_for(ingest.connected.wait(), 30)
             await _publish_all(broker.port, range(50))
             await _until(lambda: ingest.stats.written >= 50)
+            # Quiet for longer than 1.5 keepalives: the ingest's pings keep the broker from
+            # closing the link, and the broker's answers keep the ingest from doing so.
+            await asyncio.sleep(11.0)
+            assert "broker link lost" not in caplog.text
+            assert ingest.connected.is_set()
 
             # The broker comes back without its saved sessions: the ingest's
             # subscription exists again only if the ingest makes it again.
