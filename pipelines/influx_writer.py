@@ -121,10 +121,12 @@ class InfluxWriter:
         if not points:
             done()
             return
-        async with self._space:
-            await self._space.wait_for(lambda: self._pending < self._batch.max_pending_points)
-            self._pending += len(points)
-            self._idle.clear()
+        if self._pending >= self._batch.max_pending_points:
+            # The condition only when full: taking it for every message cost ~4 us at batch 1.
+            async with self._space:
+                await self._space.wait_for(lambda: self._pending < self._batch.max_pending_points)
+        self._pending += len(points)
+        self._idle.clear()
         self._queue.put_nowait((points, done))
 
     def flush_soon(self) -> None:
