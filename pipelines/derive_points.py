@@ -87,7 +87,9 @@ def format_fields(fields: Fields) -> str:
     """Line-protocol field set; numbers as floats, as for raw readings."""
     parts = []
     for name, value in fields.items():
-        if isinstance(value, str):
+        if type(value) is float:  # most fields: the type test first saves ~1 us a point
+            parts.append(f"{name}={value!r}")
+        elif isinstance(value, str):
             parts.append(f'{name}="{escape_string_field(value)}"')
         else:
             parts.append(f"{name}={float(value)!r}")
