@@ -27,6 +27,9 @@ __all__ = ["Done", "InfluxError", "InfluxWriter", "Point", "Refused", "no_op"]
 
 log = logging.getLogger("ecotel.ingest.influx")
 
+_YIELD_POINTS = 200
+"""Points put between two turns of the event loop (~3 ms of decoding at batch 50)."""
+
 
 class InfluxError(Exception):
     """InfluxDB refused a request; carries the server's status and answer."""
@@ -67,6 +70,7 @@ class InfluxWriter:
         self._on_refused = on_refused
         self._queue: asyncio.Queue[tuple[list[Point], Done]] = asyncio.Queue()
         self._pending = 0
+        self._unyielded = 0
         self._space = asyncio.Condition()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -128,6 +132,13 @@ class InfluxWriter:
         self._pending += len(points)
         self._idle.clear()
         self._queue.put_nowait((points, done))
+        self._unyielded += len(points)
+        if self._unyielded >= _YIELD_POINTS:
+            # A consumer with messages ready never suspends, and the write in flight waits
+            # for its I/O meanwhile: in a backlog 5,000 points took 200-400 ms to POST
+            # instead of 35 ms and the writer fell behind the decoding. Let the loop turn.
+            self._unyielded = 0
+            await asyncio.sleep(0)
 
     def flush_soon(self) -> None:
         """Close the current batch now (the broker's window of unacknowledged messages is full)."""
