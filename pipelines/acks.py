@@ -16,8 +16,14 @@ class InOrderAcks:
     sends one PUBACK (pipelines/mqtt_consumer.py).
     """
 
-    def __init__(self, send: Callable[[int], None]) -> None:
+    def __init__(
+        self, send: Callable[[int], None], *, backlog: int = 0, on_backlog: Done | None = None
+    ) -> None:
         self._send = send
+        # Called after acknowledgements when still ``backlog`` or more messages are owed
+        # one: the rest of a burst need not wait for the writer's batch timer.
+        self._backlog = backlog
+        self._on_backlog = on_backlog
         # Per ticket still owed, oldest first: its packet id (0 for QoS 0, nothing
         # to send) and arrival time. Tickets are numbered from 0; _head is the oldest.
         self._mids: deque[int] = deque()
@@ -66,5 +72,7 @@ class InOrderAcks:
                 # because a reading always maps to the same point.
                 send(mid)
             if self._head not in early:
-                return
+                break
             early.discard(self._head)
+        if self._on_backlog is not None and len(mids) >= self._backlog:
+            self._on_backlog()

@@ -151,7 +151,11 @@ class IngestService:
                 async with session:
                     # At-least-once: the broker keeps a message until its readings
                     # are in InfluxDB or in the dead-letter store.
-                    acks = self.acks = InOrderAcks(session.ack)
+                    acks = self.acks = InOrderAcks(
+                        session.ack,
+                        backlog=mqtt.max_unacked_messages,
+                        on_backlog=self._writer.flush_soon,
+                    )
                     # Subscribe on every connect: a consumer that reconnects
                     # but does not resubscribe is the commonest bug of the field.
                     for topic in mqtt.subscriptions:

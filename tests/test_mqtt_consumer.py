@@ -140,6 +140,17 @@ def test_pubacks_go_out_in_arrival_order_whatever_order_messages_finish(
         assert acks.unacked == len(qos) - oldest
 
 
+def test_acknowledging_with_a_backlog_still_owed_asks_for_a_write_at_once() -> None:
+    asked: list[int] = []
+    acks = InOrderAcks(lambda mid: None, backlog=2, on_backlog=lambda: asked.append(acks.unacked))
+    tickets = [acks.ticket(mid, 1) for mid in range(1, 5)]
+    tickets[0]()  # 3 still owed
+    tickets[2]()  # done early: nothing acknowledged, nothing asked
+    tickets[1]()  # 1 still owed: below the backlog
+    tickets[3]()
+    assert asked == [3]
+
+
 def _message(seq: int) -> bytes:
     return json.dumps(
         {
