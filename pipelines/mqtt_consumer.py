@@ -30,11 +30,6 @@ _BYE = b"\xe0\x00"
 _PUBACK_HEAD = b"\x40\x02"
 # A consumer this far behind stops reading the socket (QoS 0 has no broker window).
 _PAUSE_AT = 20_000
-# Messages handled per event-loop turn. One socket read brings up to ~600 single-reading
-# messages, ~25 ms of work; handled in one go, each step of the writer's POST waited that
-# long: 5,000-point writes took 200-240 ms, against 30-100 ms in slices of 50-100
-# (50,000 one-reading messages in process, 2026-11-28).
-_SLICE = 100
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client id rejected",
@@ -289,25 +284,21 @@ class MqttSession:
         return granted
 
     async def next_batch(self) -> list[Message]:
-        """Messages received since the last call, at most _SLICE (waits for at least one).
+        """Every message received since the last call (waits for at least one).
+
+        Handling them does not hold up the InfluxDB write in flight: the writer lets the
+        event loop turn every few hundred points (pipelines/influx_writer.py ``put``).
 
         Raises MqttLinkError once the link is gone and nothing received is left.
         """
         protocol = self._protocol
         if protocol is None:
             raise MqttLinkError("not connected")
-        if protocol.pending:
-            # The rest of a large read: let the writer and the API have their turn first.
-            await asyncio.sleep(0)
         while not protocol.pending:
             if protocol.lost is not None:
                 raise protocol.lost
             protocol.wake = asyncio.get_running_loop().create_future()
             await protocol.wake
-        if len(protocol.pending) > _SLICE:
-            batch = protocol.pending[:_SLICE]
-            del protocol.pending[:_SLICE]
-            return batch
         batch, protocol.pending = protocol.pending, []
         if protocol.paused and protocol.transport is not None and protocol.lost is None:
             protocol.paused = False
