@@ -2,7 +2,6 @@
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -135,11 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         # Workers share the supervisor's stderr: each line says whose it is.
         log_format = LOG_FORMAT if worker is None else WORKER_LOG_FORMAT.format(worker=worker)
         logging.basicConfig(level=args.log_level.upper(), format=log_format)
-        # Start-up objects are permanent: keep the collector off them. A gen-0 threshold of
-        # 100,000: with the default 700 it ran over every reading waiting in a batch,
-        # decode 13 -> 22-29 us per reading (docs/performance.md, "Where the time goes").
-        gc.freeze()
-        gc.set_threshold(100_000, 50, 1000)
         asyncio.run(_run(IngestService(settings), watch_parent=args.worker is not None))
         return 0
     if args.command == "derive":
