@@ -1,17 +1,5 @@
-"""The ingest's MQTT 3.1.1 link: a persistent-session subscriber on an asyncio Protocol, PUBACKs sent by the caller.
-
-Written by hand because measurement showed the client library was most of the
-per-message cost. At one reading per message (``python -m bench ingest``,
-cProfile of ``ecotel-ingest run``, 2026-11-28) aiomqtt 2.5 over paho-mqtt 2.2
-took ~160-180 us of ingest CPU per message in all: paho's packet reading
-(four ``recv`` calls per packet) and callbacks ~11% of the profile, aiomqtt's
-queue with an ``asyncio.wait`` per message and three event-loop turns per
-message ~20%, against ~12 us for decoding and validating the reading. Here
-one ``data_received`` call splits every complete packet of a socket read and
-the consumer takes them all in one wakeup; PUBACKs of a wakeup go out in one
-write. Only what the ingest needs: CONNECT with clean_session off, SUBSCRIBE,
-incoming PUBLISH at QoS 0/1, PUBACK, PINGREQ/PINGRESP, DISCONNECT.
-"""
+"""The ingest's MQTT 3.1.1 link: a persistent-session subscriber on an asyncio Protocol,
+whose caller sends each PUBACK once the message is durable (pipelines/acks.py)."""
 
 import asyncio
 import logging
@@ -23,8 +11,24 @@ from typing import NamedTuple, Self
 
 log = logging.getLogger("ecotel.ingest.mqtt")
 
-_CONNECT, _CONNACK, _PUBLISH, _PUBACK = 1, 2, 3, 4
-_SUBSCRIBE, _SUBACK, _PINGREQ, _PINGRESP, _DISCONNECT = 8, 9, 12, 13, 14
+# Written by hand because measurement showed the client library was most of the
+# per-message cost. At one reading per message (``python -m bench ingest``, and
+# cProfile of ``ecotel-ingest run``, 2026-11-28), aiomqtt 2.5 over paho-mqtt 2.2
+# cost the ingest 160-180 us of CPU per message in all: paho's packet reading (four
+# ``recv`` calls a packet) and callbacks ~11% of the profile, aiomqtt's queue with an
+# ``asyncio.wait`` per message and three event-loop turns per message ~20%, against
+# ~12-20 us to decode and validate the reading. With this link: ~60 us per message
+# in all (later 40-50 us with faster decoding; 11,000-14,800 readings/s against
+# 1,600-2,200 before): one ``data_received`` splits every packet of a socket read
+# (~2 us a message), the consumer takes them in one wakeup, and the PUBACKs of one
+# loop turn go out in one write.
+# Only what the ingest needs: CONNECT with clean_session off, SUBSCRIBE, incoming
+# PUBLISH at QoS 0/1, PUBACK, PINGREQ/PINGRESP, DISCONNECT; no TLS or credentials,
+# which the ingest's settings do not have (add ``ssl=`` to ``create_connection`` and
+# the CONNECT flags if they come).
+
+# Packet types, and the fixed packets: PINGREQ, DISCONNECT, PUBACK's first two bytes.
+_CONNECT, _CONNACK, _PUBLISH, _SUBSCRIBE, _SUBACK, _PINGRESP = 1, 2, 3, 8, 9, 13
 _PING = b"\xc0\x00"
 _BYE = b"\xe0\x00"
 _PUBACK_HEAD = b"\x40\x02"
@@ -226,7 +230,7 @@ class MqttSession:
         except OSError as exc:
             self._close()
             raise MqttLinkError(str(exc)) from exc
-        except MqttLinkError:
+        except BaseException:
             self._close()
             raise
         if code != 0:
