@@ -1,6 +1,8 @@
 """Run InfluxQL through the v1 ``/query`` endpoint and return the series, with the server's errors."""
 
+import ssl
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import httpx
@@ -21,6 +23,19 @@ class Series:
     def rows(self) -> list[dict[str, Any]]:
         """The rows as column-name dictionaries."""
         return [dict(zip(self.columns, row, strict=True)) for row in self.values]
+
+
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once per process.
+
+    A client built without ``verify=`` loads the CA bundle itself: about 20 ms of CPU per
+    query, which the ingest paid 66 times at start-up and once per derived window. With one
+    shared context, 100 SHOW MEASUREMENTS against a local deploy.servers.InfluxServer took
+    190 ms of CPU instead of 2200 (wall 235 ms instead of 2250). Each call still opens and
+    closes its own client, so nothing outlives it at shutdown.
+    """
+    return httpx.create_ssl_context(trust_env=False)
 
 
 async def query_influx(
@@ -46,7 +61,9 @@ async def influx_query(
         params["db"] = database
     if epoch is not None:
         params["epoch"] = epoch
-    async with httpx.AsyncClient(base_url=url, timeout=30, auth=auth, trust_env=False) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=30, auth=auth, trust_env=False, verify=_tls_context()
+    ) as http:
         # POST, because InfluxDB 1.x refuses CREATE/DROP over GET.
         response = await http.post("/query", data=params)
     if response.status_code != 200:
