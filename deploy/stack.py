@@ -137,7 +137,8 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
                 influx=InfluxSettings(url=influx.url, database=DATABASE),
                 batch=BatchSettings(max_delay_s=0.5),
                 dead_letter=DeadLetterSettings(path=data / "ingest" / "dead-letters.sqlite3"),
-                stats_interval_s=60,
+                # The fleet dashboard's ingest panels draw from these points.
+                stats_interval_s=10,
                 derive=sample_derive(),
                 api=ApiSettings(
                     enabled=True,
@@ -257,8 +258,11 @@ async def _progress(
 
 
 async def _stored_counts(influx_url: str) -> dict[str, int]:
+    """Points per measurement: the raw kinds first, then whatever else the ingest wrote."""
+    shown = await influx_query(influx_url, "SHOW MEASUREMENTS", database=DATABASE)
+    present = {row[0] for s in shown for row in s.values}
     counts: dict[str, int] = {}
-    for kind in [*KINDS, "gateway_status", "gateway_health"]:
+    for kind in [*KINDS, *sorted(present - set(KINDS))]:
         series = await influx_query(influx_url, f'SELECT count(*) FROM "{kind}"', database=DATABASE)
         # count(*) gives one column per field; the largest is the point count.
         counts[kind] = max(
@@ -266,6 +270,11 @@ async def _stored_counts(influx_url: str) -> dict[str, int]:
             default=0,
         )
     return counts
+
+
+def _measurement_group(name: str) -> str:
+    """What a measurement that is not a device kind is: the fleet's and ingest's own, or derived."""
+    return "fleet" if name.startswith(("gateway_", "ingest_")) else "derived"
 
 
 def _print_report(report: StackReport, data: Path) -> None:
@@ -277,8 +286,8 @@ def _print_report(report: StackReport, data: Path) -> None:
     )
     print("stored in InfluxDB now (all runs in this data dir):")
     for name, count in report.stored_by_measurement.items():
-        domain = KINDS[name].domain.value if name in KINDS else "fleet"
-        print(f"  {name:<18} {domain:<11} {count:>10,} points")
+        domain = KINDS[name].domain.value if name in KINDS else _measurement_group(name)
+        print(f"  {name:<20} {domain:<11} {count:>10,} points")
     bin_dir = Path(sys.executable).parent
     query = shlex.quote("SELECT * FROM water_quality ORDER BY time DESC LIMIT 5")
     dead = shlex.quote(str(data / "ingest" / "dead-letters.sqlite3"))
