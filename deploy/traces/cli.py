@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             return _inspect(args)
         return _trim(args)
+    except BrokenPipeError:
+        # The reader left (`inspect | head`): stop quietly as Unix tools do, and keep the
+        # interpreter's final flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (ConfigError, TraceError, ValueError) as exc:
         print(f"ecotel-trace: {exc}", file=sys.stderr)
         return 2

@@ -224,7 +224,11 @@ def _lines(path: Path, stats: ReadStats) -> Iterator[bytes]:
     pending = b""
     decomp = zlib.decompressobj(wbits=31)
     member_started = False
-    with path.open("rb") as handle:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise TraceError(f"{path}: {exc.strerror or exc}") from None
+    with handle:
         while True:
             chunk = handle.read(_CHUNK)
             if not chunk:
