@@ -4,11 +4,32 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from grafana_client.api import GrafanaApi
 
 from dashboards.provisioning import write_provisioning
 from dashboards.sites import DEFAULT_SITES
+
+DEFAULT_GRAFANA = "http://127.0.0.1:3000"
+
+
+def grafana_url(given: str | None) -> tuple[str, str]:
+    """The Grafana URL to push to and where it came from (option, environment or default)."""
+    if given:
+        return given, "--grafana-url"
+    if os.environ.get("GRAFANA_URL"):
+        return os.environ["GRAFANA_URL"], "GRAFANA_URL"
+    return DEFAULT_GRAFANA, "the default: neither --grafana-url nor GRAFANA_URL is set"
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, fit for a log line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.add_argument(
         "--grafana-url",
-        default=os.environ.get("GRAFANA_URL", "http://127.0.0.1:3000"),
-        help="Grafana base URL (env GRAFANA_URL; user:password@ in it works too)",
+        help=f"Grafana base URL (else env GRAFANA_URL, else {DEFAULT_GRAFANA}; "
+        "user:password@ in it works too)",
     )
     push.add_argument(
         "--dry-run", action="store_true", help="show what would change (a diff); change nothing"
@@ -68,14 +89,35 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
         return 0
     if args.command == "push":
-        from dashboards.push import push
+        from dashboards.push import PushError, push
 
+        url, source = grafana_url(args.grafana_url)
         # A token (service account) from the environment, never on the command line.
         token = os.environ.get("GRAFANA_TOKEN")
-        api = GrafanaApi.from_url(args.grafana_url, credential=token)
-        changes = push(
-            api, influx_url=args.influx_url, database=args.database, dry_run=args.dry_run
-        )
+        if token:
+            auth = "token from GRAFANA_TOKEN"
+        elif urlsplit(url).password is not None:
+            auth = "user:password from the URL"
+        else:
+            auth = "no credentials"
+        print(f"Grafana {_shown(url)} (from {source}; {auth})", file=sys.stderr)
+        api = GrafanaApi.from_url(url, credential=token)
+        try:
+            changes = push(
+                api, influx_url=args.influx_url, database=args.database, dry_run=args.dry_run
+            )
+        except PushError as exc:
+            hint = (
+                "; set GRAFANA_TOKEN to a service-account token (Editor role, Admin for alert "
+                "rules) or put user:password@ in the URL"
+                if exc.auth
+                else ""
+            )
+            print(
+                f"ecotel-dashboards push: Grafana at {_shown(url)} (from {source}; {auth}) {exc}{hint}",
+                file=sys.stderr,
+            )
+            return 1
         for change in changes:
             verb = (
                 f"would {change.action}"

@@ -6,12 +6,13 @@ run prints what would change as a unified diff and writes nothing.
 
 import difflib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from grafana_client.api import GrafanaApi
-from grafana_client.client import GrafanaClientError
+from grafana_client.client import GrafanaClientError, GrafanaException
 
 from dashboards.alerts import rules_document
 from dashboards.boards import all_dashboards
@@ -20,6 +21,25 @@ from dashboards.influxql import DATASOURCE_UID
 
 FOLDER_UID = "ecotel"
 FOLDER_TITLE = "ecotel"
+
+
+class PushError(Exception):
+    """Grafana could not be reached, refused the credentials, or refused an object."""
+
+    def __init__(self, message: str, *, auth: bool = False) -> None:
+        super().__init__(message)
+        self.auth = auth
+
+
+def _failure(exc: Exception) -> PushError:
+    if isinstance(exc, GrafanaException) and exc.status_code in (401, 403):
+        name = "Unauthorized" if exc.status_code == 401 else "Forbidden"
+        return PushError(f"refused the credentials (HTTP {exc.status_code} {name})", auth=True)
+    if isinstance(exc, GrafanaException) and exc.status_code:
+        return PushError(f"answered: {exc.message}")
+    # The HTTP client's text is a nest of pools and object addresses: keep the OS's reason.
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))
+    return PushError(f"is unreachable: {errno.group(0) if errno else exc}")
 
 
 @dataclass(frozen=True)
@@ -170,13 +190,20 @@ class Pusher:
 
 
 def push(api: GrafanaApi, *, influx_url: str, database: str, dry_run: bool) -> list[Change]:
-    """Folder, datasources, dashboards (into the folder), alert rules; what changed (or would)."""
+    """Folder, datasources, dashboards (into the folder), alert rules; what changed (or would).
+
+    Raises ``PushError`` when Grafana is unreachable or refuses the credentials or an object.
+    """
     pusher = Pusher(api, dry_run=dry_run)
-    pusher.folder()
-    for source in datasources(influx_url, database):
-        pusher.datasource(source)
-    for uid, board in all_dashboards().items():
-        pusher.dashboard(uid, board)
-    for rule in api_rules(FOLDER_UID):
-        pusher.rule(rule)
+    try:
+        pusher.folder()
+        for source in datasources(influx_url, database):
+            pusher.datasource(source)
+        for uid, board in all_dashboards().items():
+            pusher.dashboard(uid, board)
+        for rule in api_rules(FOLDER_UID):
+            pusher.rule(rule)
+    # grafana-client lets its HTTP client's connection errors (OSError) through unwrapped.
+    except (GrafanaException, OSError) as exc:
+        raise _failure(exc) from exc
     return pusher.changes

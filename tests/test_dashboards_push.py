@@ -8,6 +8,7 @@ not hold, as Grafana does. Everything else in ecotel's tests uses real servers.
 """
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -166,3 +167,65 @@ def test_dry_run_shows_a_diff_of_what_someone_changed(
     _push(url, capsys)
     assert state.dashboards["ecotel-highway"]["dashboard"]["title"] == "ecotel: Smart highway"
     assert state.rules["ecotel-battery-low"]["for"] == "10m"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_unreachable_grafana_is_named_with_where_its_url_came_from(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GRAFANA_TOKEN", raising=False)
+    url = f"http://admin:hunter2@127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("GRAFANA_URL", url)
+    assert main(["push", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    shown = url.replace("hunter2", "***")
+    assert f"Grafana at {shown} (from GRAFANA_URL;" in err
+    assert "unreachable: [Errno" in err
+    assert "hunter2" not in err
+    assert "Traceback" not in err
+
+    monkeypatch.delenv("GRAFANA_URL")
+    assert main(["push", "--dry-run"]) in (0, 1)  # whatever listens on 3000 here, if anything
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "Grafana http://127.0.0.1:3000 (from the default: neither --grafana-url nor GRAFANA_URL"
+    )
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_name_the_settings(
+    status: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Refusing(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            data = json.dumps({"message": "invalid API key"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GRAFANA_TOKEN", "glsa_wrong")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert main(["push", "--grafana-url", url]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert f"Grafana at {url} (from --grafana-url; token from GRAFANA_TOKEN)" in err
+    assert f"refused the credentials (HTTP {status}" in err
+    assert "set GRAFANA_TOKEN" in err
+    assert "user:password@ in the URL" in err
+    assert "glsa_wrong" not in err
