@@ -128,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run and change.diff:
                 print(change.diff, end="")
         return 0
-    from dashboards.preview import write_previews
+    from dashboards.preview import PreviewError, write_previews
 
-    for path in write_previews(args.out, args.influx_url, args.database, hours=args.hours):
+    try:
+        written = write_previews(args.out, args.influx_url, args.database, hours=args.hours)
+    except PreviewError as exc:
+        print(f"ecotel-dashboards preview: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
         print(path)
     return 0
 

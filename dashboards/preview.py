@@ -10,10 +10,13 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from dashboards.boards import all_dashboards
 from dashboards.check import resolve_variables
 from dashboards.expand import expand
 from pipelines.influx_query import influx_query
+from pipelines.influx_writer import InfluxError
 
 CELL_W = 40
 CELL_H = 26
@@ -114,15 +117,43 @@ LONG_RANGE_HOURS = {"ecotel-datacenter": 72.0}
 """Dashboards drawn over days: PUE per day needs them."""
 
 
+class PreviewError(Exception):
+    """InfluxDB is unreachable, or refuses, or has not the database."""
+
+
+async def _check_database(influx_url: str, database: str) -> None:
+    # Asked first, so that a wrong URL or name is one message, not a failed panel query
+    # (SHOW MEASUREMENTS would answer an empty list for a missing database).
+    try:
+        await influx_query(influx_url, "SHOW RETENTION POLICIES", database=database)
+    except InfluxError as exc:
+        if "database not found" in exc.body:
+            raise PreviewError(
+                f"InfluxDB at {influx_url} (--influx-url) has no database {database!r} (--database)"
+            ) from None
+        raise PreviewError(f"InfluxDB at {influx_url} (--influx-url): {exc}") from None
+    except httpx.HTTPError as exc:
+        raise PreviewError(f"InfluxDB at {influx_url} (--influx-url): {exc}") from None
+
+
 async def render_previews(
     influx_url: str, database: str, *, hours: float = 1.0, now: datetime | None = None
 ) -> dict[str, str]:
-    """uid -> SVG preview of each dashboard over the last ``hours`` (the data center over days)."""
+    """uid -> SVG preview of each dashboard over the last ``hours`` (the data center over days).
+
+    Raises ``PreviewError`` when InfluxDB cannot be read or has not ``database``.
+    """
+    await _check_database(influx_url, database)
     end = now or datetime.now(UTC)
     previews = {}
     for uid, board in all_dashboards().items():
         start = end - timedelta(hours=max(hours, LONG_RANGE_HOURS.get(uid, 0.0)))
-        data = await panel_series(board, influx_url, database, start, end)
+        try:
+            data = await panel_series(board, influx_url, database, start, end)
+        except (httpx.HTTPError, InfluxError) as exc:
+            raise PreviewError(
+                f"dashboard {uid}: InfluxDB at {influx_url}, database {database!r}: {exc}"
+            ) from None
         previews[uid] = render_svg(board, data)
     return previews
 

@@ -1,5 +1,6 @@
 """The command-line tools fail with a message naming what is wrong (file, URL, setting), not a traceback."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.servers import InfluxServer
 from tests.trace_fixtures import TRACES
 
 TRACE_CLI = [sys.executable, "-m", "deploy.traces"]
@@ -52,3 +54,46 @@ def test_trace_inspect_into_a_closed_pipe_exits_quietly() -> None:
         os.close(write_end)
     assert out.stderr == ""
     assert out.returncode == 128 + signal.SIGPIPE
+
+
+DASHBOARDS_CLI = [sys.executable, "-m", "dashboards.cli"]
+
+
+async def _run_async(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_preview_names_a_database_the_server_has_not(
+    influxdb: InfluxServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "previews"
+    code, err = await _run_async(
+        *DASHBOARDS_CLI,
+        "preview",
+        "--out",
+        str(out),
+        "--influx-url",
+        influxdb.url,
+        "--database",
+        "no_such_db",
+    )
+    assert code == 1
+    assert "Traceback" not in err
+    assert f"InfluxDB at {influxdb.url}" in err
+    assert "no database 'no_such_db'" in err
+    assert not out.exists()
+
+
+async def test_preview_names_an_unreachable_influxdb(free_port: int, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port}"
+    code, err = await _run_async(
+        *DASHBOARDS_CLI, "preview", "--out", str(tmp_path), "--influx-url", url
+    )
+    assert code == 1
+    assert "Traceback" not in err
+    assert f"InfluxDB at {url}" in err
