@@ -1,6 +1,7 @@
 """Road-weather and traffic rules: dew point, icing risk, low-visibility speed tiers, lane flow and congestion."""
 
 import math
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Self
 
@@ -60,10 +61,11 @@ class IcingReason(StrEnum):
     AT_OR_BELOW_DEW_POINT = "at_or_below_dew_point"
 
 
-class IcingRisk(BaseModel):
+# The per-reading results are frozen dataclasses, not pydantic models: built for every
+# road-weather reading and never crossing a boundary, the models cost ~2 us a reading.
+@dataclass(frozen=True, slots=True)
+class IcingRisk:
     """Icing assessment of one road-weather reading; every rule that fired is in ``reasons``."""
-
-    model_config = ConfigDict(frozen=True)
 
     level: IcingLevel
     reasons: tuple[IcingReason, ...]
@@ -121,10 +123,9 @@ class VisibilityTier(IntEnum):
     UNDER_50_M = 3
 
 
-class LowVisibilityRule(BaseModel):
+@dataclass(frozen=True, slots=True)
+class LowVisibilityRule:
     """What art. 81 requires of expressway drivers at the measured visibility."""
-
-    model_config = ConfigDict(frozen=True)
 
     tier: VisibilityTier
     max_speed_kmh: int | None
@@ -134,12 +135,13 @@ class LowVisibilityRule(BaseModel):
     leave_at_next_exit: bool
 
 
-# (strictly below this visibility in m, tier, max speed km/h, min gap m, leave)
+# (strictly below this visibility in m, the rule): four fixed rules, built once.
 _ART_81 = (
-    (50.0, VisibilityTier.UNDER_50_M, 20, None, True),
-    (100.0, VisibilityTier.UNDER_100_M, 40, 50, False),
-    (200.0, VisibilityTier.UNDER_200_M, 60, 100, False),
+    (50.0, LowVisibilityRule(VisibilityTier.UNDER_50_M, 20, None, True)),
+    (100.0, LowVisibilityRule(VisibilityTier.UNDER_100_M, 40, 50, False)),
+    (200.0, LowVisibilityRule(VisibilityTier.UNDER_200_M, 60, 100, False)),
 )
+_NO_ART_81_LIMIT = LowVisibilityRule(VisibilityTier.NORMAL, None, None, False)
 
 
 def low_visibility_rule(visibility_m: float) -> LowVisibilityRule:
@@ -151,14 +153,10 @@ def low_visibility_rule(visibility_m: float) -> LowVisibilityRule:
     _finite("visibility", visibility_m)
     if visibility_m < 0:
         raise ValueError(f"visibility must not be negative, got {visibility_m!r}")
-    for below, tier, speed, gap, leave in _ART_81:
+    for below, rule in _ART_81:
         if visibility_m < below:
-            return LowVisibilityRule(
-                tier=tier, max_speed_kmh=speed, min_gap_m=gap, leave_at_next_exit=leave
-            )
-    return LowVisibilityRule(
-        tier=VisibilityTier.NORMAL, max_speed_kmh=None, min_gap_m=None, leave_at_next_exit=False
-    )
+            return rule
+    return _NO_ART_81_LIMIT
 
 
 def flow_rate_per_hour(volume: float, interval_s: float) -> float:
