@@ -7,7 +7,7 @@ from pathlib import Path
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
-from collector.config import BrokerSettings
+from collector.config import BrokerSettings, TlsSettings
 from collector.settings_loader import ConfigError
 
 # MQTT 3.1.1 CONNACK codes 4 and 5; MQTT 5 reason codes 0x86, 0x87, 0x8C.
@@ -16,7 +16,11 @@ _BAD_CREDENTIALS = {4, 5, 0x86, 0x87, 0x8C}
 
 def tls_context(broker: BrokerSettings, source: str) -> ssl.SSLContext | None:
     """The TLS context the settings describe; ConfigError names the setting that is wrong."""
-    tls = broker.tls
+    return context_from(broker.tls, source, section="broker")
+
+
+def context_from(tls: TlsSettings | None, source: str, *, section: str) -> ssl.SSLContext | None:
+    """The TLS context of ``tls``; errors name ``<section>.tls.<key>`` (the ingest's is mqtt)."""
     if tls is None:
         return None
     for key, path in (
@@ -25,19 +29,19 @@ def tls_context(broker: BrokerSettings, source: str) -> ssl.SSLContext | None:
         ("key_file", tls.key_file),
     ):
         if path is not None and not path.is_file():
-            raise ConfigError(f"{source}: broker.tls.{key}: no such file {path}")
+            raise ConfigError(f"{source}: {section}.tls.{key}: no such file {path}")
     try:
         context = ssl.create_default_context(cafile=_str(tls.ca_file))
     except ssl.SSLError as exc:
         raise ConfigError(
-            f"{source}: broker.tls.ca_file: not a usable CA certificate ({exc})"
+            f"{source}: {section}.tls.ca_file: not a usable CA certificate ({exc})"
         ) from None
     if tls.cert_file is not None and tls.key_file is not None:
         try:
             context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         except ssl.SSLError as exc:
             raise ConfigError(
-                f"{source}: broker.tls.cert_file / broker.tls.key_file: certificate and key "
+                f"{source}: {section}.tls.cert_file / {section}.tls.key_file: certificate and key "
                 f"cannot be used together ({exc.reason or exc})"
             ) from None
     return context

@@ -10,10 +10,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from collector.broker_link import context_from
 from collector.settings_loader import ConfigError, build_settings
 from pipelines.config import IngestSettings, SpoolSettings, for_worker, load_ingest_config
 from pipelines.dead_letter import DeadLetter, DeadLetterStore
 from pipelines.derive_cli import add_derive_parser, run_derive
+from pipelines.mqtt_consumer import MqttRefused
 from pipelines.service import IngestService
 from pipelines.supervisor import Supervisor
 
@@ -116,12 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    source = str(args.config) if args.config else "defaults and environment"
     try:
         settings = (
             load_ingest_config(args.config)
             if args.config
-            else build_settings(IngestSettings, {}, source="defaults and environment")
+            else build_settings(IngestSettings, {}, source=source)
         )
+        if args.command == "run":
+            context_from(settings.mqtt.tls, source, section="mqtt")
     except ConfigError as exc:
         print(f"ecotel-ingest: {exc}", file=sys.stderr)
         return 2
@@ -134,7 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         # Workers share the supervisor's stderr: each line says whose it is.
         log_format = LOG_FORMAT if worker is None else WORKER_LOG_FORMAT.format(worker=worker)
         logging.basicConfig(level=args.log_level.upper(), format=log_format)
-        asyncio.run(_run(IngestService(settings), watch_parent=args.worker is not None))
+        refused: MqttRefused | None = None
+        try:
+            asyncio.run(_run(IngestService(settings), watch_parent=args.worker is not None))
+        except* MqttRefused as group:
+            first = group.exceptions[0]
+            assert isinstance(first, MqttRefused)
+            refused = first
+        if refused is not None:
+            print(
+                f"ecotel-ingest: {source}: {refused.setting(settings.mqtt.username)}",
+                file=sys.stderr,
+            )
+            # EX_CONFIG, as the gateway: a unit's RestartPreventExitStatus stops the loop.
+            return 78
         return 0
     if args.command == "derive":
         return asyncio.run(run_derive(settings, args))

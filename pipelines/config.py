@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import SettingsConfigDict
 
 from collector import wire
+from collector.config import TlsSettings
 from collector.settings_loader import FileSettings, load_settings
 from devices import KINDS, Identifier, Role
 from pipelines.derive_config import DeriveSettings
@@ -47,6 +48,17 @@ class MqttSettings(_Section):
         ge=1,
         description="Write at once when this many messages await their PUBACK; keep it below "
         "the broker's max_inflight_messages (1000 in deploy/mosquitto/mosquitto.conf)",
+    )
+    username: str | None = Field(
+        default=None, description="For a broker with a password file (and per-client ACLs)"
+    )
+    password: SecretStr | None = Field(
+        default=None, description="Better set from the environment: ECOTEL_INGEST_MQTT__PASSWORD"
+    )
+    tls: TlsSettings | None = Field(
+        default=None,
+        description="Absent: plain MQTT. The same keys as the gateway's broker.tls: ca_file, "
+        "cert_file, key_file",
     )
 
     @field_validator("shared_group")

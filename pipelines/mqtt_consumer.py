@@ -4,6 +4,7 @@ whose caller sends each PUBACK once the message is durable (pipelines/acks.py)."
 import asyncio
 import logging
 import socket
+import ssl
 import struct
 import time
 from types import TracebackType
@@ -22,10 +23,9 @@ log = logging.getLogger("ecotel.ingest.mqtt")
 # 1,600-2,200 before): one ``data_received`` splits every packet of a socket read
 # (~2 us a message), the consumer takes them in one wakeup, and the PUBACKs of one
 # loop turn go out in one write.
-# Only what the ingest needs: CONNECT with clean_session off, SUBSCRIBE, incoming
-# PUBLISH at QoS 0/1, PUBACK, PINGREQ/PINGRESP, DISCONNECT; no TLS or credentials,
-# which the ingest's settings do not have (add ``ssl=`` to ``create_connection`` and
-# the CONNECT flags if they come).
+# Only what the ingest needs: CONNECT with clean_session off (and a user name and
+# password if set, over TLS if set), SUBSCRIBE, incoming PUBLISH at QoS 0/1, PUBACK,
+# PINGREQ/PINGRESP, DISCONNECT.
 
 # Packet types, and the fixed packets: PINGREQ, DISCONNECT, PUBACK's first two bytes.
 _CONNECT, _CONNACK, _PUBLISH, _SUBSCRIBE, _SUBACK, _PINGRESP = 1, 2, 3, 8, 9, 13
@@ -41,10 +41,32 @@ _CONNACK_REASONS = {
     4: "bad user name or password",
     5: "not authorised",
 }
+# CONNECT flags: user name, password.
+_USER, _PASSWORD = 0x80, 0x40
 
 
 class MqttLinkError(Exception):
     """The broker link is down, was refused, or broke the protocol: reconnect."""
+
+
+class MqttRefused(MqttLinkError):
+    """Refused for something retrying will not mend: ``credentials`` (CONNACK 4 or 5),
+    ``certificate`` (the broker's does not verify) or ``hostname`` (it is not issued for us)."""
+
+    def __init__(self, cause: str, text: str) -> None:
+        super().__init__(text)
+        self.cause = cause
+
+    def setting(self, username: str | None) -> str:
+        """Which ingest setting is wrong, and why (for the message that stops the ingest)."""
+        if self.cause == "hostname":
+            return f"mqtt.host: the broker's certificate is not issued for this name ({self})"
+        if self.cause == "certificate":
+            return f"mqtt.tls.ca_file: the broker's certificate does not verify against it ({self})"
+        who = "mqtt.username / mqtt.password"
+        if username is None:
+            who += " (none set; the broker wants credentials)"
+        return f"{who}: the broker refused them ({self})"
 
 
 class Message(NamedTuple):
@@ -70,6 +92,18 @@ def _string(text: str) -> bytes:
 
 def _packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + _length(len(body)) + body
+
+
+def _connect(client_id: str, keepalive_s: int, username: str | None, password: str | None) -> bytes:
+    # Clean session off (bit 1 clear): the broker keeps our queue while we are away.
+    flags = (_USER if username is not None else 0) | (_PASSWORD if password is not None else 0)
+    body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive_s)
+    body += _string(client_id)
+    if username is not None:
+        body += _string(username)
+    if password is not None:
+        body += _string(password)
+    return _packet(_CONNECT << 4, body)
 
 
 class _Protocol(asyncio.Protocol):
@@ -199,9 +233,19 @@ class MqttSession:
     """
 
     def __init__(
-        self, host: str, port: int, client_id: str, *, keepalive_s: int, timeout_s: float = 10.0
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        keepalive_s: int,
+        timeout_s: float = 10.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
+        self.username, self._password, self.tls = username, password, tls
         self.keepalive_s = keepalive_s
         self.timeout_s = timeout_s
         self.session_present = False
@@ -215,18 +259,26 @@ class MqttSession:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout_s):
-                transport, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+                # With a context, the broker's certificate must name self.host.
+                transport, protocol = await loop.create_connection(
+                    _Protocol, self.host, self.port, ssl=self.tls
+                )
                 self._protocol = protocol
                 sock = transport.get_extra_info("socket")
                 if sock is not None:
                     # PUBACKs are tiny and the broker's window waits on them.
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                body = _string("MQTT") + bytes([4, 0x00]) + struct.pack("!H", self.keepalive_s)
-                transport.write(_packet(_CONNECT << 4, body + _string(self.client_id)))
+                transport.write(
+                    _connect(self.client_id, self.keepalive_s, self.username, self._password)
+                )
                 flags, code = await protocol.connack
         except TimeoutError:
             self._close()
             raise MqttLinkError(f"no CONNACK within {self.timeout_s:g} s") from None
+        except ssl.SSLCertVerificationError as exc:
+            self._close()
+            cause = "hostname" if "mismatch" in str(exc.verify_message) else "certificate"
+            raise MqttRefused(cause, str(exc)) from exc
         except OSError as exc:
             self._close()
             raise MqttLinkError(str(exc)) from exc
@@ -236,7 +288,8 @@ class MqttSession:
         if code != 0:
             self._close()
             reason = _CONNACK_REASONS.get(code, f"code {code}")
-            raise MqttLinkError(f"broker refused the connection: {reason}")
+            text = f"broker refused the connection: {reason}"
+            raise MqttRefused("credentials", text) if code in (4, 5) else MqttLinkError(text)
         self.session_present = bool(flags & 1)
         self._keepalive = asyncio.create_task(self._keep_alive(), name="mqtt-keepalive")
         return self

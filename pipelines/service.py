@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import ValidationError
 
 from collector import wire
+from collector.broker_link import context_from
 from pipelines.acks import Done, InOrderAcks
 from pipelines.config import IngestSettings
 from pipelines.dead_letter import DeadLetterStore
@@ -27,7 +28,7 @@ from pipelines.line_protocol import (
     health_to_lines,
     status_to_line,
 )
-from pipelines.mqtt_consumer import MqttLinkError, MqttSession
+from pipelines.mqtt_consumer import MqttLinkError, MqttRefused, MqttSession
 from pipelines.quality import QualityChecker
 from pipelines.quality_history import load_quality_history
 from pipelines.sequence_tracker import Seen, SequenceTracker
@@ -143,10 +144,20 @@ class IngestService:
     async def _consume(self) -> None:
         mqtt = self.settings.mqtt
         delay = 0.5
+        # File problems were reported at start (ecotel-ingest checks them before running).
+        tls = await asyncio.to_thread(context_from, mqtt.tls, "ingest settings", section="mqtt")
+        password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+        proven = False
         while True:
             try:
                 session = MqttSession(
-                    mqtt.host, mqtt.port, mqtt.session_id, keepalive_s=mqtt.keepalive_s
+                    mqtt.host,
+                    mqtt.port,
+                    mqtt.session_id,
+                    keepalive_s=mqtt.keepalive_s,
+                    username=mqtt.username,
+                    password=password,
+                    tls=tls,
                 )
                 async with session:
                     # At-least-once: the broker keeps a message until its readings
@@ -161,6 +172,7 @@ class IngestService:
                     for topic in mqtt.subscriptions:
                         await session.subscribe(topic, wire.QOS)
                     self.connected.set()
+                    proven = True
                     delay = 0.5
                     log.info(
                         "ingest connected to %s:%d as %s", mqtt.host, mqtt.port, mqtt.session_id
@@ -173,6 +185,16 @@ class IngestService:
                             # The broker stops sending at its in-flight limit:
                             # write now rather than wait for the batch timer.
                             self._writer.flush_soon()
+            except MqttRefused as exc:
+                self.connected.clear()
+                if not proven:
+                    # Settings that never worked: retrying will not mend a wrong password
+                    # or CA. Stop (ecotel-ingest exits 78); the broker keeps the queue.
+                    raise
+                # They worked in this run, so the broker's side changed: keep trying.
+                log.error("ingest: %s; retrying in %.1f s", exc.setting(mqtt.username), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
             except MqttLinkError as exc:
                 self.connected.clear()
                 log.warning("ingest: broker link lost (%s); reconnecting in %.1f s", exc, delay)
