@@ -210,17 +210,21 @@ def test_trim_by_time_and_topic(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_replay_command_sends_the_exact_bytes(mosquitto, tmp_path: Path) -> None:
+async def test_replay_command_sends_the_exact_bytes(tmp_path: Path) -> None:
     source = TRACES / "not_utf8.trace.gz"
     heard = tmp_path / "heard.trace.gz"
     options = RecordOptions(filters=["ecotel/v1/#"], out=heard)
-    async with recording(BrokerSettings(port=mosquitto.port), options, quiet_s=0.5):
+    # A broker of its own: the session broker holds other tests' retained statuses.
+    async with (
+        MosquittoServer(tmp_path / "broker") as broker,
+        recording(BrokerSettings(port=broker.port), options, quiet_s=0.5),
+    ):
         proc = await asyncio.create_subprocess_exec(
             *CLI,
             "replay",
             str(source),
             "--port",
-            str(mosquitto.port),
+            str(broker.port),
             "--speed",
             "4",
             stderr=asyncio.subprocess.PIPE,
