@@ -3,7 +3,8 @@
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from devices import KINDS
@@ -17,6 +18,7 @@ from pipelines.derive_windows import (
     TRAFFIC,
     TRAFFIC_WINDOWS,
     WindowDeriver,
+    WindowOutput,
     ident,
     quote,
     rfc3339,
@@ -52,20 +54,30 @@ async def write_and_wait(writer: InfluxWriter, lines: list[str]) -> None:
     await finished
 
 
-async def rewrite_window(windows: WindowDeriver, writer: InfluxWriter, key: WindowKey) -> None:
+async def rewrite_window(
+    windows: WindowDeriver, writer: InfluxWriter, key: WindowKey
+) -> WindowOutput:
     """Compute one window from InfluxDB and write it, deleting a stale figure first."""
     out = await windows.compute(key)
     for measurement, tags, at in out.deletes:
         await windows.delete(measurement, tags, at)
     await write_and_wait(writer, out.lines)
+    return out
 
 
 @dataclass
 class RangeReport:
-    """What a range recomputation wrote."""
+    """What a range recomputation wrote, updated as it goes (so that it can be shown)."""
 
     readings: int = 0
     windows: int = 0
+    incomplete: int = 0
+    """Windows written without a ratio (a meter missing, replaced or beyond max_split)."""
+    chunks_done: int = 0
+    chunks_total: int = 0
+    windows_total: int = 0
+    site_done: Counter[str] = field(default_factory=Counter)
+    site_total: Counter[str] = field(default_factory=Counter)
 
 
 async def recompute_range(
@@ -75,9 +87,17 @@ async def recompute_range(
     start: datetime,
     end: datetime,
     sites: set[str] | None = None,
+    report: RangeReport | None = None,
 ) -> RangeReport:
-    """Rewrite every derived point of [start, end) (of ``sites`` only, if given)."""
-    report = RangeReport()
+    """Rewrite every derived point of [start, end) (of ``sites`` only, if given).
+
+    ``report``, if given, is filled in as the work proceeds.
+    """
+    report = report if report is not None else RangeReport()
+    keys = await _range_keys(settings, windows, start, end, sites)
+    report.windows_total = len(keys)
+    report.site_total.update(key.site for key in keys)
+    report.chunks_total = -(-(end - start) // _CHUNK)
     chunk_start = start
     while chunk_start < end:
         chunk_end = min(end, chunk_start + _CHUNK)
@@ -94,7 +114,25 @@ async def recompute_range(
                 )
             await write_and_wait(writer, lines)
             report.readings += len(lines)
+        report.chunks_done += 1
         chunk_start = chunk_end
+    for key in keys:
+        out = await rewrite_window(windows, writer, key)
+        report.windows += 1
+        report.site_done[key.site] += 1
+        if out.deletes:
+            report.incomplete += 1
+    return report
+
+
+async def _range_keys(
+    settings: DeriveSettings,
+    windows: WindowDeriver,
+    start: datetime,
+    end: datetime,
+    sites: set[str] | None,
+) -> list[WindowKey]:
+    """Every window overlapping [start, end) of the data-center and traffic sites."""
     keys: list[WindowKey] = []
     for dc in settings.datacenters:
         if sites is None or dc.site in sites:
@@ -106,10 +144,7 @@ async def recompute_range(
             for window in TRAFFIC_WINDOWS:
                 for w_start, _ in windows_between(start, end, window, settings.highway_tz):
                     keys.append(WindowKey(TRAFFIC, site, window, w_start))
-    for key in keys:
-        await rewrite_window(windows, writer, key)
-        report.windows += 1
-    return report
+    return keys
 
 
 async def _traffic_sites(windows: WindowDeriver) -> list[str]:

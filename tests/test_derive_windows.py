@@ -2,6 +2,7 @@
 rollover, a meter replacement and a missing interval; a late reading that blanks a stored figure;
 the ``derive`` command and its configuration errors."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -292,7 +293,12 @@ async def test_derive_command_recomputes_a_past_range(
         "2026-01-15T11:00:00+08:00",
     )
     assert done.returncode == 0, done.stderr
-    assert "derived 1 per-reading points" in done.stdout
+    # The day window holds only this hour: written with complete=0, and counted so.
+    assert "derived 1 per-reading points and 6 windows (1 incomplete)" in done.stdout
+    assert done.stderr.splitlines()[-1] == (
+        "derive: readings 1/1 six-hour chunks (1 points); windows 6/6 (Gonghe DC1 6/6), "
+        "1 incomplete"
+    )
     pue = await _figures(influxdb.url, influx_db, "pue")
     assert [round(f["pue"], 9) for _, f in sorted(pue.items())] == [1.25] * 4
     road = await influx_query(
@@ -318,3 +324,62 @@ def test_a_bad_meter_map_stops_the_command_naming_the_key(tmp_path: Path) -> Non
     assert str(config) in done.stderr
     assert "derive.datacenters.0.it" in done.stderr
     assert "does not measure IT energy" in done.stderr
+
+
+def test_derive_gives_up_on_an_unreachable_influxdb_naming_the_setting(
+    tmp_path: Path, free_port: int
+) -> None:
+    url = f"http://127.0.0.1:{free_port}"
+    config = _config(tmp_path, url, "x", DERIVE)
+    done = _cli(
+        "--config",
+        str(config),
+        "derive",
+        "--from",
+        "2026-01-15T00:00:00Z",
+        "--to",
+        "2026-01-16T00:00:00Z",
+        "--wait",
+        "1",
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"InfluxDB at {url} (influx.url, from {config}): did not answer within 1 s" in (
+        done.stderr
+    )
+
+
+@pytest.mark.slow
+async def test_derive_names_influxdb_when_it_goes_away_mid_run(tmp_path: Path) -> None:
+    async with InfluxServer(tmp_path / "influx") as server:
+        await influx_query(server.url, 'CREATE DATABASE "ecotel"')
+        await _write(server.url, "ecotel", _counters())
+        config = _config(tmp_path, server.url, "ecotel", DERIVE)
+        # A month, as the docs' example: minutes of work, so it is mid-run when InfluxDB goes.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pipelines",
+            "--config",
+            str(config),
+            "derive",
+            "--from",
+            "2026-01-01T00:00:00+08:00",
+            "--to",
+            "2026-02-01T00:00:00+08:00",
+            "--wait",
+            "3",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        first = await asyncio.wait_for(proc.stderr.readline(), 120)
+        assert first.startswith(b"derive: readings "), first
+        await server.stop()
+        out, rest = await asyncio.wait_for(proc.communicate(), 120)
+    err = (first + rest).decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert f"InfluxDB at {server.url} (influx.url, from {config}): " in err
+    assert "run the same command again once it is back" in err
+    assert "derived " not in out.decode()
