@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -42,6 +41,7 @@ from pipelines.derive_config import DeriveSettings
 from pipelines.influx_query import influx_query
 from pipelines.service import IngestService
 from tests.trace_fixtures import TRACES, TraceStack, readings_of
+from tests.traces.dashboards.meter_map import DATACENTER as LONG_DC_MAP
 
 pytestmark = pytest.mark.slow
 
@@ -67,22 +67,11 @@ class Replayed:
 def _derive(tmp: Path) -> DeriveSettings:
     """The sample ingest's meter map (Gonghe DC1), plus the long trace's data center with REF."""
     sample = tomllib.loads((REPO / "deploy/ingest/ingest.toml").read_text(encoding="utf-8"))
-
-    def meter(circuit: str) -> list[dict[str, Any]]:
-        return [{"device": "meters-1", "circuit": circuit, "max_power_kw": 5000}]
-
-    dc2 = {
-        "site": "Gonghe DC2",
-        "facility": meter("utility"),
-        "it": meter("ups_output"),
-        "renewable": meter("renewable"),
-        "zones": [{"name": "hall-a", "it": meter("it_load"), "infrastructure": meter("cooling")}],
-    }
     return DeriveSettings.model_validate(
         {
             "state_path": tmp / "derive.sqlite3",
             "delays": {"quarter_hour_s": 0.2, "hour_s": 0.2, "day_s": 0.2},
-            "datacenters": [*sample["derive"]["datacenters"], dc2],
+            "datacenters": [*sample["derive"]["datacenters"], LONG_DC_MAP],
         }
     )
 

@@ -27,11 +27,24 @@ from deploy.servers import InfluxServer, MosquittoServer
 from deploy.traces.file_format import load_trace
 from deploy.traces.replay import ReplayOptions, replay
 from devices.simulators import make_simulator
+from pipelines.config import (
+    BatchSettings,
+    DeadLetterSettings,
+    InfluxSettings,
+    IngestSettings,
+    MqttSettings,
+)
+from pipelines.derive_config import DeriveSettings
 from pipelines.influx_query import influx_query
+from pipelines.service import IngestService
+from tests.trace_fixtures import TraceStack, readings_of
+from tests.traces.dashboards.meter_map import DATACENTER as LONG_DC_MAP
+from tests.traces.dashboards.meter_map import SITE as LONG_DC_SITE
 
 pytestmark = pytest.mark.slow
 
 TRACES = Path(__file__).parent / "traces"
+LONG_DC = TRACES / "dashboards" / "datacenter_3d.trace.gz"
 
 STEP = timedelta(minutes=1)
 STEPS = 75  # 09:55 .. 11:09 local: two full hours' quarters, one hour complete
@@ -385,11 +398,40 @@ async def _check_per_reading(url: str, database: str) -> None:
         assert flows[k]["flow_vph"] == pytest.approx(row["volume"] * 3600 / row["interval_s"])
 
 
-async def _check_pue(url: str, database: str) -> dict[tuple[str, int], dict[str, Any]]:
+def _roles(datacenter: dict[str, Any]) -> dict[str, list[str]]:
+    """The circuits of each role of a ``[[derive.datacenters]]`` entry (one zone, one meter)."""
+    (zone,) = datacenter["zones"]
+    return {
+        "facility": [m["circuit"] for m in datacenter["facility"]],
+        "it": [m["circuit"] for m in datacenter["it"]],
+        "renewable": [m["circuit"] for m in datacenter.get("renewable", [])],
+        "zone_it": [m["circuit"] for m in zone["it"]],
+        "zone_other": [m["circuit"] for m in zone["infrastructure"]],
+    }
+
+
+def _sum(parts: list[float | None]) -> float | None:
+    """A role's energy: the sum of its circuits', None if it has none or one is unknown."""
+    known = [p for p in parts if p is not None]
+    return sum(known) if parts and len(known) == len(parts) else None
+
+
+# The meter map _config writes (renewable only for DC_SITE).
+CONFIGURED = {
+    "facility": ["utility"],
+    "it": ["ups_output"],
+    "renewable": ["renewable"],
+    "zone_it": ["it_load"],
+    "zone_other": ["cooling"],
+}
+
+
+async def _check_pue(
+    url: str, database: str, roles: dict[str, list[str]] = CONFIGURED
+) -> dict[tuple[str, int], dict[str, Any]]:
     """Every stored pue (and ref, ppue) window against the plain recomputation; returns pue.
 
-    Meter map as configured here: facility = utility, IT = ups_output, renewable, and zone
-    hall-a = it_load + cooling.
+    ``roles``: the circuits summed for facility, IT, renewable, and the zone's IT and the rest.
     """
     counters: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for row in sorted(await _rows(url, database, "energy_meter"), key=lambda r: r["time"]):
@@ -405,7 +447,8 @@ async def _check_pue(url: str, database: str) -> dict[tuple[str, int], dict[str,
     for (window, at), got in pue.items():
         length = {"15min": 900e9, "1h": 3600e9, "1d": 86400e9}[window]
         energy = {c: _energy(counters[c], at, int(at + length)) for c in counters}
-        facility, it = energy["utility"], energy["ups_output"]
+        totals = {role: _sum([energy.get(c) for c in roles[role]]) for role in roles}
+        facility, it = totals["facility"], totals["it"]
         assert got["category"] == 1.0
         if facility is None or it is None:
             assert "pue" not in got, (window, at, got)
@@ -414,13 +457,13 @@ async def _check_pue(url: str, database: str) -> dict[tuple[str, int], dict[str,
         assert got["complete"] == 1.0
         assert got["pue"] == pytest.approx(facility / it, rel=1e-9)
         assert got["facility_kwh"] == pytest.approx(facility, rel=1e-9)
-        renewable = energy.get("renewable")
+        renewable = totals["renewable"]
         if renewable is not None:
             assert ref[(window, at)]["ref"] == pytest.approx(renewable / facility, rel=1e-9)
-        zone_it, cooling = energy.get("it_load"), energy.get("cooling")
-        if zone_it is not None and cooling is not None:
+        zone_it, zone_other = totals["zone_it"], totals["zone_other"]
+        if zone_it is not None and zone_other is not None:
             assert ppue[(window, at)]["ppue"] == pytest.approx(
-                (zone_it + cooling) / zone_it, rel=1e-9
+                (zone_it + zone_other) / zone_it, rel=1e-9
             )
         else:
             assert "ppue" not in ppue[(window, at)]
@@ -500,3 +543,54 @@ async def test_recorded_traces_of_the_three_domains_derive_what_a_plain_recomput
     assert {w for w, _ in pue} == {"15min", "1h", "1d"}
     assert all(figures["complete"] == 0.0 for figures in pue.values())
     assert await _check_site_flow(influxdb.url, database) == 2
+
+
+async def test_a_recorded_three_day_datacenter_backlog_derives_what_a_plain_recomputation_says(
+    influxdb: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    """Three days of counters every 10 min (Gonghe DC2, recorded through a real broker): whole
+    quarters, hours and days, so PUE, pPUE and REF are compared number by number."""
+    derive = DeriveSettings.model_validate(
+        {
+            "state_path": tmp_path / "derive.sqlite3",
+            "delays": {"quarter_hour_s": 0.2, "hour_s": 0.2, "day_s": 0.2},
+            "datacenters": [LONG_DC_MAP],
+        }
+    )
+    async with MosquittoServer(tmp_path / "broker") as broker:
+        ingest = IngestService(
+            IngestSettings(
+                mqtt=MqttSettings(port=broker.port, client_id=f"ingest-{influx_db}"),
+                influx=InfluxSettings(url=influxdb.url, database=influx_db),
+                batch=BatchSettings(max_delay_s=0.1),
+                dead_letter=DeadLetterSettings(path=tmp_path / "dead.sqlite3"),
+                derive=derive,
+            )
+        )
+        running = asyncio.create_task(ingest.run())
+        try:
+            await asyncio.wait_for(ingest.connected.wait(), 30)
+            stack = TraceStack(broker, influxdb.url, influx_db, tmp_path / "dead.sqlite3", ingest)
+            await stack.replay(LONG_DC)
+            async with asyncio.timeout(120):
+                await _settled(tmp_path / "derive.sqlite3")
+                await ingest.wait_idle()
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    expected = sum(1 for _, _, r in readings_of(stack.replayed) if r["kind"] == "energy_meter")
+    assert await _count(influxdb.url, influx_db, "energy_meter", "energy_kwh") == expected
+    pue = await _check_pue(influxdb.url, influx_db, _roles(LONG_DC_MAP))
+    assert {r["site"] for r in pue.values()} == {LONG_DC_SITE}
+    complete = {
+        window: sum(1 for (w, _), f in pue.items() if w == window and f["complete"] == 1.0)
+        for window in ("15min", "1h", "1d")
+    }
+    # Three days at 10 min: all but the edge windows are whole (two local days at least).
+    assert complete["15min"] >= 280, complete
+    assert complete["1h"] >= 70, complete
+    assert complete["1d"] >= 2, complete
+    # Every meter answered throughout: each complete PUE window has its pPUE and REF too.
+    for measurement, field in (("ref", "ref"), ("ppue", "ppue")):
+        rows = await _rows(influxdb.url, influx_db, measurement)
+        assert sum(1 for r in rows if field in r) == sum(complete.values()), measurement
