@@ -79,7 +79,8 @@ async def influx_query(
                     name=str(item.get("name", "")),
                     tags={str(k): str(v) for k, v in (item.get("tags") or {}).items()},
                     columns=[str(c) for c in item["columns"]],
-                    values=item["values"],
+                    # A series with no rows (SHOW DATABASES on an empty server) has no "values" key.
+                    values=item.get("values", []),
                 )
             )
     return series
