@@ -1,6 +1,7 @@
-"""``python -m bench [decode|stack|ingest] ...``: run a benchmark and print its figures."""
+"""``python -m bench [decode|stack|ingest|gateway-*|trace|derive] ...``: run a benchmark, print its figures."""
 
 import argparse
+import sys
 from pathlib import Path
 
 from bench import decode_cost, gateway_cli
@@ -10,8 +11,27 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
 
+# Benchmarks with options of their own: ``python -m bench trace --help`` is theirs.
+_OWN_OPTIONS = {
+    "trace": ("bench.trace_replay", "trace replay flat out into a local broker, QoS 0 and 1"),
+    "derive": ("bench.derive_windows", "derived analytics: cost per reading and per window"),
+}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    if len(sys.argv) > 1 and sys.argv[1] in _OWN_OPTIONS:
+        import importlib
+
+        module = importlib.import_module(_OWN_OPTIONS[sys.argv[1]][0])
+        sys.argv = [f"python -m bench {sys.argv[1]}", *sys.argv[2:]]
+        module.main()
+        return
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        epilog="also: "
+        + "; ".join(f"{name}: {help_}" for name, (_, help_) in _OWN_OPTIONS.items()),
+    )
     sub = parser.add_subparsers(dest="which")
     decode = sub.add_parser("decode", help="CPU cost per reading of decode+validate+serialise")
     decode.add_argument("--batch", type=int, default=100, help="readings per message")
