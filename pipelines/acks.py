@@ -1,5 +1,6 @@
 """PUBACKs held back until a message's readings are durable, then sent in arrival order."""
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +33,8 @@ class InOrderAcks:
         self._next = 0
         # Tickets done ahead of an older one still waiting.
         self._early: set[int] = set()
+        # Set by all_done(): resolved when no message is owed a PUBACK any more.
+        self._all_done: asyncio.Future[None] | None = None
 
     @property
     def unacked(self) -> int:
@@ -42,6 +45,14 @@ class InOrderAcks:
         if not self._arrived:
             return 0.0
         return time.monotonic() - self._arrived[0]
+
+    async def all_done(self) -> None:
+        """Return once every message ticketed so far has had its PUBACK sent (or owed none)."""
+        if not self._mids:
+            return
+        if self._all_done is None or self._all_done.done():
+            self._all_done = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._all_done)
 
     def ticket(self, mid: int, qos: int) -> Done:
         # One closure over an int per message: the cheapest ticket measured
@@ -74,5 +85,7 @@ class InOrderAcks:
             if self._head not in early:
                 break
             early.discard(self._head)
+        if not mids and self._all_done is not None and not self._all_done.done():
+            self._all_done.set_result(None)
         if self._on_backlog is not None and len(mids) >= self._backlog:
             self._on_backlog()

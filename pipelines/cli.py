@@ -24,7 +24,10 @@ WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [worker {worker}]: %(mes
 # How often a worker checks that the process that started it is still there.
 _PARENT_CHECK_S = 1.0
 
-RUN_DESCRIPTION = """Run the ingest until Ctrl-C or SIGTERM.
+RUN_DESCRIPTION = """Run the ingest until Ctrl-C or SIGTERM. Either stops reading messages,
+writes and acknowledges those received (at most mqtt.stop_timeout_s, default
+10 s; a second signal stops at once, leaving the rest to be redelivered) and
+disconnects.
 
 Without --workers: one process, one MQTT session (client id mqtt.client_id,
 suffixed -K if mqtt.worker is K).
@@ -203,13 +206,33 @@ async def _run(service: IngestService, *, watch_parent: bool = False) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    log = logging.getLogger("ecotel.ingest")
+    bound = service.settings.mqtt.stop_timeout_s
+
+    def give_up() -> None:
+        log.warning(
+            "ingest: stopping now; messages received but not yet written stay "
+            "unacknowledged (the broker redelivers them)"
+        )
+        task.cancel()
+
+    def stop_gracefully() -> None:
+        # A second signal, or the bound (below the supervisor's 30 s before SIGKILL),
+        # stops at once.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, give_up)
+        loop.call_later(bound, give_up)
+        log.info("ingest: stopping; writing what was received (at most %g s)", bound)
+        service.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop_gracefully)
     watcher = asyncio.create_task(_exit_with_parent(task)) if watch_parent else None
     try:
         await service.run()
+        log.info("ingest stopped: %s", service.summary())
     except asyncio.CancelledError:
-        logging.getLogger("ecotel.ingest").info("ingest stopped: %s", service.summary())
+        log.info("ingest stopped: %s", service.summary())
     finally:
         if watcher is not None:
             watcher.cancel()

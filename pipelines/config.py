@@ -49,6 +49,14 @@ class MqttSettings(_Section):
         description="Write at once when this many messages await their PUBACK; keep it below "
         "the broker's max_inflight_messages (1000 in deploy/mosquitto/mosquitto.conf)",
     )
+    stop_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=25,
+        description="On SIGTERM/SIGINT, how long to finish writing and acknowledging what was "
+        "received before dropping it unacknowledged (the broker redelivers it); below the "
+        "supervisor's 30 s before SIGKILL",
+    )
     username: str | None = Field(
         default=None, description="For a broker with a password file (and per-client ACLs)"
     )

@@ -75,6 +75,9 @@ class InfluxWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._flush_now = asyncio.Event()
+        # Zero once the ingest is stopping (drain_now): nothing waits for more points.
+        self._max_delay_s = batch.max_delay_s
+        self._timer: asyncio.Timeout | None = None
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
@@ -144,6 +147,13 @@ class InfluxWriter:
         """Close the current batch now (the broker's window of unacknowledged messages is full)."""
         self._flush_now.set()
 
+    def drain_now(self) -> None:
+        """From now on write what is queued without waiting for the batch delay (stopping)."""
+        self._max_delay_s = 0.0
+        # An expired timer is ending its wait anyway (and refuses a reschedule).
+        if self._timer is not None and not self._timer.expired():
+            self._timer.reschedule(asyncio.get_running_loop().time())
+
     async def wait_idle(self) -> None:
         """Return once every queued point is written or refused, the spool included."""
         while True:
@@ -178,17 +188,19 @@ class InfluxWriter:
                 points, done = self._queue.get_nowait()
                 batch.extend(points)
                 callbacks.append(done)
-            deadline = loop.time() + self._batch.max_delay_s
+            deadline = loop.time() + self._max_delay_s
             while len(batch) < self._batch.max_points and not self._flush_now.is_set():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
                     # asyncio.timeout: 3.11's wait_for can lose a cancellation.
-                    async with asyncio.timeout(remaining):
+                    async with asyncio.timeout(remaining) as self._timer:
                         points, done = await self._queue.get()
                 except TimeoutError:
                     break
+                finally:
+                    self._timer = None
                 batch.extend(points)
                 callbacks.append(done)
             self._flush_now.clear()

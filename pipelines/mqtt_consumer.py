@@ -118,6 +118,8 @@ class _Protocol(asyncio.Protocol):
         self.subacks: dict[int, asyncio.Future[bytes]] = {}
         self.lost: MqttLinkError | None = None
         self.paused = False
+        # Stopping: the socket is not read again, next_batch() ends with [].
+        self.stopped = False
         self.last_heard = time.monotonic()
         # The start of a packet not yet whole, and how long it will be (0: not known yet).
         self._rest = bytearray()
@@ -346,22 +348,46 @@ class MqttSession:
         Handling them does not hold up the InfluxDB write in flight: the writer lets the
         event loop turn every few hundred points (pipelines/influx_writer.py ``put``).
 
-        Raises MqttLinkError once the link is gone and nothing received is left.
+        Raises MqttLinkError once the link is gone and nothing received is left; returns
+        [] once ``stop_reading()`` was called and nothing received is left.
         """
         protocol = self._protocol
         if protocol is None:
             raise MqttLinkError("not connected")
         while not protocol.pending:
+            if protocol.stopped:
+                return []
             if protocol.lost is not None:
                 raise protocol.lost
             protocol.wake = asyncio.get_running_loop().create_future()
             await protocol.wake
         batch, protocol.pending = protocol.pending, []
-        if protocol.paused and protocol.transport is not None and protocol.lost is None:
+        if (
+            protocol.paused
+            and not protocol.stopped
+            and protocol.transport is not None
+            and protocol.lost is None
+        ):
             protocol.paused = False
             protocol.last_heard = time.monotonic()
             protocol.transport.resume_reading()
         return batch
+
+    def stop_reading(self) -> None:
+        """Take no more messages from the socket (the ingest is stopping); PUBACKs still go out.
+
+        What the broker sent after this stays unacknowledged: it redelivers it to the
+        session's next connection.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.stopped:
+            return
+        protocol.stopped = True
+        if protocol.transport is not None and not protocol.paused and protocol.lost is None:
+            protocol.transport.pause_reading()
+        # Paused: the keepalive does not take the broker's silence for a dead link.
+        protocol.paused = True
+        protocol._wake()
 
     def ack(self, mid: int) -> None:
         """Queue the PUBACK of a QoS 1 message."""

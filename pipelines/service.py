@@ -1,6 +1,7 @@
 """The ingest service: subscribe, decode, validate, batch into InfluxDB, dead-letter what is refused."""
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,7 +51,7 @@ class Outcome:
 
 
 class IngestService:
-    """One ingest worker. ``run()`` until cancelled; ``stats`` shows what it has done.
+    """One ingest worker. ``run()`` until ``stop()`` or cancelled; ``stats`` shows what it has done.
 
     The MQTT session is persistent (fixed client id, clean_session off), so
     the broker queues QoS 1 messages while the worker is away and delivers
@@ -78,6 +79,8 @@ class IngestService:
             },
         )
         self.acks: InOrderAcks | None = None
+        self._stopping = asyncio.Event()
+        self._session: MqttSession | None = None
         self._dead_letters = DeadLetterStore(settings.dead_letter.path)
         spool = settings.spool
         self._writer = InfluxWriter(
@@ -117,13 +120,24 @@ class IngestService:
                 await load_quality_history(
                     self.quality, self.settings.influx, self.settings.validation.quality.history_s
                 )
-            tasks.create_task(self._log_stats())
+            helpers = [tasks.create_task(self._log_stats())]
             if self.settings.api.enabled:
                 # Imported here: FastAPI and uvicorn load only when the API is on.
                 from pipelines.api_server import serve_api
 
-                tasks.create_task(serve_api(self))
+                helpers.append(tasks.create_task(serve_api(self)))
             await self._consume()
+            # Stopped: everything received is durable and acknowledged.
+            for helper in helpers:
+                helper.cancel()
+
+    def stop(self) -> None:
+        """Stop gracefully: read no more messages, write and acknowledge those received,
+        disconnect; ``run()`` then returns. Cancelling ``run()`` instead drops the unwritten
+        ones unacknowledged (the broker redelivers them)."""
+        self._stopping.set()
+        if self._session is not None:
+            self._session.stop_reading()
 
     @property
     def dead_letters(self) -> DeadLetterStore:
@@ -148,7 +162,7 @@ class IngestService:
         tls = await asyncio.to_thread(context_from, mqtt.tls, "ingest settings", section="mqtt")
         password = mqtt.password.get_secret_value() if mqtt.password is not None else None
         proven = False
-        while True:
+        while not self._stopping.is_set():
             try:
                 session = MqttSession(
                     mqtt.host,
@@ -160,6 +174,9 @@ class IngestService:
                     tls=tls,
                 )
                 async with session:
+                    self._session = session
+                    if self._stopping.is_set():
+                        session.stop_reading()
                     # At-least-once: the broker keeps a message until its readings
                     # are in InfluxDB or in the dead-letter store.
                     acks = self.acks = InOrderAcks(
@@ -177,14 +194,21 @@ class IngestService:
                     log.info(
                         "ingest connected to %s:%d as %s", mqtt.host, mqtt.port, mqtt.session_id
                     )
-                    while True:
+                    while messages := await session.next_batch():
                         # All that one socket read brought, in one wakeup.
-                        for topic, payload, mid, qos in await session.next_batch():
+                        for topic, payload, mid, qos in messages:
                             await self.handle(topic, payload, acks.ticket(mid, qos))
                         if acks.unacked >= mqtt.max_unacked_messages:
                             # The broker stops sending at its in-flight limit:
                             # write now rather than wait for the batch timer.
                             self._writer.flush_soon()
+                    # stop(): the socket is no longer read. Write what was received
+                    # now, and leave once every PUBACK is due (sent on the way out,
+                    # before DISCONNECT).
+                    log.info("ingest stopping: writing %d messages received", acks.unacked)
+                    self._writer.drain_now()
+                    await acks.all_done()
+                    return
             except MqttRefused as exc:
                 self.connected.clear()
                 if not proven:
@@ -193,13 +217,23 @@ class IngestService:
                     raise
                 # They worked in this run, so the broker's side changed: keep trying.
                 log.error("ingest: %s; retrying in %.1f s", exc.setting(mqtt.username), delay)
-                await asyncio.sleep(delay)
+                await self._sleep_unless_stopped(delay)
                 delay = min(delay * 2, 30.0)
             except MqttLinkError as exc:
                 self.connected.clear()
+                if self._stopping.is_set():
+                    # Nothing left to acknowledge on a lost link: the broker redelivers.
+                    return
                 log.warning("ingest: broker link lost (%s); reconnecting in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                await self._sleep_unless_stopped(delay)
                 delay = min(delay * 2, 30.0)
+            finally:
+                self._session = None
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
 
     async def submit(self, topic: str, payload: bytes) -> Outcome:
         """Process one message as if it came from the broker; return once it is durable.

@@ -151,6 +151,22 @@ def test_acknowledging_with_a_backlog_still_owed_asks_for_a_write_at_once() -> N
     assert asked == [3]
 
 
+async def test_a_stopping_ingest_waits_until_every_puback_is_sent() -> None:
+    sent: list[int] = []
+    acks = InOrderAcks(sent.append)
+    await acks.all_done()  # nothing owed: at once
+    tickets = [acks.ticket(mid, 1) for mid in range(1, 4)]
+    waiting = asyncio.create_task(acks.all_done())
+    tickets[2]()
+    tickets[0]()
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert sent == [1]
+    tickets[1]()
+    await asyncio.wait_for(waiting, 5)
+    assert sent == [1, 2, 3]
+
+
 def _message(seq: int) -> bytes:
     return json.dumps(
         {
