@@ -6,7 +6,8 @@ the benchmark measures is the broker and the consumer, not the publisher.
 """
 
 import socket
-import struct
+
+from pipelines import mqtt_packets as packets
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 PUBACK = 0x40
@@ -16,39 +17,12 @@ SUBACK = 0x90
 MAX_IN_FLIGHT = 20_000
 
 
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
 def connect_packet(client_id: str, *, clean: bool = True, keepalive: int = 60) -> bytes:
-    body = _string("MQTT") + bytes([4, 0x02 if clean else 0]) + struct.pack("!H", keepalive)
-    body += _string(client_id)
-    return bytes([0x10]) + _length(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
-    """A QoS 1 PUBLISH (not retained, not a duplicate)."""
-    body = _string(topic) + struct.pack("!H", packet_id) + payload
-    return bytes([PUBLISH | 0x02]) + _length(len(body)) + body
+    return packets.connect_packet(client_id, keepalive, clean=clean)
 
 
 def subscribe_packet(topic: str, packet_id: int = 1, qos: int = 1) -> bytes:
-    body = struct.pack("!H", packet_id) + _string(topic) + bytes([qos])
-    return bytes([0x82]) + _length(len(body)) + body
-
-
-def puback_packet(packet_id: int) -> bytes:
-    return struct.pack("!BBH", PUBACK, 2, packet_id)
+    return packets.subscribe_packet(topic, packet_id, qos)
 
 
 DISCONNECT = b"\xe0\x00"

@@ -24,8 +24,8 @@ from bench.ingest_mqtt_wire import (
     PUBACK,
     PacketReader,
     open_session,
-    publish_packet,
 )
+from pipelines.mqtt_packets import publish_packet
 
 # Bytes per write to the socket: large writes are what makes this fast.
 _CHUNK_BYTES = 256 * 1024

@@ -18,9 +18,9 @@ from bench.ingest_mqtt_wire import (
     SUBACK,
     PacketReader,
     open_session,
-    puback_packet,
     subscribe_packet,
 )
+from pipelines.mqtt_packets import puback_packet
 
 
 def main() -> None:

@@ -5,10 +5,11 @@ import asyncio
 import logging
 import socket
 import ssl
-import struct
 import time
 from types import TracebackType
 from typing import NamedTuple, Self
+
+from pipelines.mqtt_packets import connect_packet, subscribe_packet
 
 log = logging.getLogger("ecotel.ingest.mqtt")
 
@@ -28,7 +29,7 @@ log = logging.getLogger("ecotel.ingest.mqtt")
 # PINGREQ/PINGRESP, DISCONNECT.
 
 # Packet types, and the fixed packets: PINGREQ, DISCONNECT, PUBACK's first two bytes.
-_CONNECT, _CONNACK, _PUBLISH, _SUBSCRIBE, _SUBACK, _PINGRESP = 1, 2, 3, 8, 9, 13
+_CONNACK, _PUBLISH, _SUBACK, _PINGRESP = 2, 3, 9, 13
 _PING = b"\xc0\x00"
 _BYE = b"\xe0\x00"
 _PUBACK_HEAD = b"\x40\x02"
@@ -41,8 +42,6 @@ _CONNACK_REASONS = {
     4: "bad user name or password",
     5: "not authorised",
 }
-# CONNECT flags: user name, password.
-_USER, _PASSWORD = 0x80, 0x40
 
 
 class MqttLinkError(Exception):
@@ -74,36 +73,6 @@ class Message(NamedTuple):
     payload: bytes
     mid: int
     qos: int
-
-
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _length(len(body)) + body
-
-
-def _connect(client_id: str, keepalive_s: int, username: str | None, password: str | None) -> bytes:
-    # Clean session off (bit 1 clear): the broker keeps our queue while we are away.
-    flags = (_USER if username is not None else 0) | (_PASSWORD if password is not None else 0)
-    body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive_s)
-    body += _string(client_id)
-    if username is not None:
-        body += _string(username)
-    if password is not None:
-        body += _string(password)
-    return _packet(_CONNECT << 4, body)
 
 
 class _Protocol(asyncio.Protocol):
@@ -271,7 +240,14 @@ class MqttSession:
                     # PUBACKs are tiny and the broker's window waits on them.
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 transport.write(
-                    _connect(self.client_id, self.keepalive_s, self.username, self._password)
+                    connect_packet(
+                        self.client_id,
+                        self.keepalive_s,
+                        # Clean session off: the broker keeps our queue while we are away.
+                        clean=False,
+                        username=self.username,
+                        password=self._password,
+                    )
                 )
                 flags, code = await protocol.connack
         except TimeoutError:
@@ -329,8 +305,7 @@ class MqttSession:
         self._next_id = self._next_id % 0xFFFF + 1
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         protocol.subacks[self._next_id] = future
-        body = struct.pack("!H", self._next_id) + _string(topic_filter) + bytes([qos])
-        protocol.transport.write(_packet((_SUBSCRIBE << 4) | 0x02, body))
+        protocol.transport.write(subscribe_packet(topic_filter, self._next_id, qos))
         try:
             async with asyncio.timeout(self.timeout_s):
                 granted = (await future)[0]

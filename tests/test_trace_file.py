@@ -31,11 +31,11 @@ from deploy.traces.file_format import (
     load_trace,
     write_trace,
 )
-from deploy.traces.frame_publisher import varint
 from deploy.traces.pcap_import import import_capture
 from deploy.traces.record import RecordOptions, recording
 from deploy.traces.replay import ReplayOptions, replay
 from deploy.traces.rewrite import Rewrite
+from pipelines.mqtt_packets import remaining_length
 from tests.trace_fixtures import TRACES
 
 CLI = [sys.executable, "-m", "deploy.traces"]
@@ -264,7 +264,7 @@ def _publish_frame(topic: str, payload: bytes, qos: int, mid: int) -> bytes:
     variable = len(topic.encode()).to_bytes(2, "big") + topic.encode()
     if qos:
         variable += mid.to_bytes(2, "big")
-    return bytes([0x30 | qos << 1]) + varint(len(variable) + len(payload)) + variable + payload
+    return bytes([0x30 | qos << 1]) + remaining_length(len(variable) + len(payload)) + variable + payload
 
 
 @settings(

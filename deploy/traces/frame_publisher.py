@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 
 from collector.config import BrokerSettings
 from deploy.traces.broker import MqttVersion
+from pipelines.mqtt_packets import connect_packet, remaining_length, utf8
 
 _PUBACK, _PUBREC, _PUBREL, _PUBCOMP, _PINGRESP = 4, 5, 6, 7, 13
 # Write once this much is queued, so a fast replay makes few large writes.
@@ -33,44 +34,10 @@ class PublishError(Exception):
     """The broker refused the connection, or the link broke during the replay."""
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return struct.pack("!H", len(data)) + data
-
-
 def _packed(props: Properties | None) -> bytes:
     if props is None:
         return b"\x00"
     return bytes(props.pack())  # type: ignore[no-untyped-call]
-
-
-def connect_frame(
-    client_id: str, version: MqttVersion, keepalive: int, username: str | None, password: str | None
-) -> bytes:
-    flags = 0x02  # clean session / clean start
-    payload = _utf8(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _utf8(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _utf8(password)
-    level = 5 if version == "5" else 4
-    body = _utf8("MQTT") + bytes([level, flags]) + struct.pack("!H", keepalive)
-    if version == "5":
-        body += b"\x00"  # no CONNECT properties
-    body += payload
-    return b"\x10" + varint(len(body)) + body
 
 
 class FramePublisher:
@@ -117,8 +84,13 @@ class FramePublisher:
         self._writer.transport.set_write_buffer_limits(high=_BUFFER_HIGH)
         password = broker.password.get_secret_value() if broker.password else None
         self._writer.write(
-            connect_frame(
-                self.client_id, self.version, broker.keepalive_s, broker.username, password
+            connect_packet(
+                self.client_id,
+                broker.keepalive_s,
+                clean=True,
+                username=broker.username,
+                password=password,
+                version=5 if self.version == "5" else 4,
             )
         )
         async with asyncio.timeout(10):
@@ -228,7 +200,7 @@ class FramePublisher:
             await self._room.wait()
             if self._error is not None:
                 raise self._error
-        variable = _utf8(topic)
+        variable = utf8(topic)
         if qos:
             mid = self._packet_id()
             self._unacked.add(mid)
@@ -240,7 +212,7 @@ class FramePublisher:
             variable += _packed(props)
         head = 0x30 | (qos << 1) | (1 if retain else 0)
         length = len(variable) + len(payload)
-        self._out.append(bytes([head]) + varint(length) + variable)
+        self._out.append(bytes([head]) + remaining_length(length) + variable)
         self._out.append(payload)
         self._out_bytes += length + 5
         if self._out_bytes >= _WRITE_BYTES:
