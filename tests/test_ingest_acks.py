@@ -8,11 +8,10 @@ acknowledged before it disconnects, so nothing is redelivered.
 """
 
 import asyncio
-import json
 import signal
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
@@ -22,41 +21,12 @@ import pytest
 from collector import wire
 from deploy.servers import InfluxServer, MosquittoServer
 from pipelines.influx_query import influx_query
+from tests.hydrology_load import hydrology_message, stored_stages
 
 pytestmark = pytest.mark.slow
 
 MESSAGES, PER_MESSAGE = 200, 20
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
-
-
-def _message(seq: int) -> bytes:
-    readings = [
-        {
-            "device": "hydro-1",
-            "kind": "hydrology",
-            "time": (T0 + timedelta(seconds=seq * PER_MESSAGE + i)).isoformat(),
-            "values": {"stage": 1.0 + i / 100, "discharge": 50.0, "water_temperature": 4.0},
-        }
-        for i in range(PER_MESSAGE)
-    ]
-    return json.dumps(
-        {
-            "schema": 1,
-            "gateway": "gw-ack",
-            "site": "site",
-            "seq": seq,
-            "sent_at": T0.isoformat(),
-            "readings": readings,
-        }
-    ).encode()
-
-
-async def _count(url: str, database: str) -> int:
-    try:
-        series = await influx_query(url, "SELECT count(stage) FROM hydrology", database=database)
-    except Exception:
-        return 0
-    return int(series[0].values[0][1]) if series else 0
 
 
 def _config(path: Path, broker: int, influx: str, database: str, api: int, delay_s: float) -> Path:
@@ -97,7 +67,11 @@ async def _wait_unacked(api: int, count: int) -> None:
 async def _publish(port: int) -> None:
     async with aiomqtt.Client("127.0.0.1", port) as publisher:
         for seq in range(MESSAGES):
-            await publisher.publish(wire.readings_topic("site", "gw-ack"), _message(seq), qos=1)
+            await publisher.publish(
+                wire.readings_topic("site", "gw-ack"),
+                hydrology_message("gw-ack", seq, PER_MESSAGE, T0),
+                qos=1,
+            )
 
 
 async def _resume_session(port: int, client_id: str) -> int:
@@ -126,14 +100,16 @@ async def test_kill_9_of_the_ingest_loses_no_reading(
         await _wait_connected(free_port)
         await _publish(broker.port)
         await _wait_unacked(free_port, MESSAGES)
-        assert await _count(influxdb.url, database) == 0, "the batch delay did not hold the write"
+        assert await stored_stages(influxdb.url, database) == 0, (
+            "the batch delay did not hold the write"
+        )
         first.send_signal(signal.SIGKILL)
         await first.wait()
 
         second = await asyncio.create_subprocess_exec(*command)
         try:
             async with asyncio.timeout(60):
-                while await _count(influxdb.url, database) < MESSAGES * PER_MESSAGE:  # noqa: ASYNC110
+                while await stored_stages(influxdb.url, database) < MESSAGES * PER_MESSAGE:  # noqa: ASYNC110
                     await asyncio.sleep(0.5)
         finally:
             # Some PUBACKs may still wait for their derive marks: SIGTERM sends them first.
@@ -166,10 +142,10 @@ async def test_sigterm_writes_and_acknowledges_a_batch_still_waiting_for_its_del
             await _wait_connected(free_port)
             await _publish(broker.port)
             await _wait_unacked(free_port, MESSAGES)
-            assert await _count(influxdb.url, database) == 0, "the batch delay did not hold"
+            assert await stored_stages(influxdb.url, database) == 0, "the batch delay did not hold"
         finally:
             ingest.send_signal(signal.SIGTERM)
             code = await ingest.wait()
         assert code == 0
-        assert await _count(influxdb.url, database) == MESSAGES * PER_MESSAGE
+        assert await stored_stages(influxdb.url, database) == MESSAGES * PER_MESSAGE
         assert await _resume_session(broker.port, "ingest-acks") == 0

@@ -2,7 +2,6 @@
 a real Mosquitto: readings reach InfluxDB, and wrong settings stop it at start naming the key."""
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -17,7 +16,7 @@ import pytest_asyncio
 
 from collector import wire
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port, require_binaries
-from pipelines.influx_query import influx_query
+from tests.hydrology_load import hydrology_message, stored_stages
 from tests.tls_material import TlsMaterial, make_tls_material, tls_listener
 
 USER, PASSWORD = "ecotel-ingest", "s3cret-ingest"
@@ -81,36 +80,6 @@ async def _run_to_exit(config: Path, password: str) -> tuple[int, str]:
     return process.returncode, err.decode()
 
 
-def _message(seq: int) -> bytes:
-    readings = [
-        {
-            "device": "hydro-1",
-            "kind": "hydrology",
-            "time": (T0 + timedelta(seconds=seq * PER_MESSAGE + i)).isoformat(),
-            "values": {"stage": 1.0 + i / 100, "discharge": 50.0, "water_temperature": 4.0},
-        }
-        for i in range(PER_MESSAGE)
-    ]
-    return json.dumps(
-        {
-            "schema": 1,
-            "gateway": "gw-tls",
-            "site": "site",
-            "seq": seq,
-            "sent_at": T0.isoformat(),
-            "readings": readings,
-        }
-    ).encode()
-
-
-async def _count(url: str, database: str) -> int:
-    try:
-        series = await influx_query(url, "SELECT count(stage) FROM hydrology", database=database)
-    except Exception:
-        return 0
-    return int(series[0].values[0][1]) if series else 0
-
-
 @pytest.mark.slow
 async def test_readings_flow_over_tls_with_password_into_influxdb(
     tls_broker: TlsBroker, influxdb: InfluxServer, tmp_path: Path
@@ -130,15 +99,19 @@ async def test_readings_flow_over_tls_with_password_into_influxdb(
         # The publisher uses the plain loopback listener: topics are the broker's, not a listener's.
         async with aiomqtt.Client("127.0.0.1", tls_broker.server.port) as publisher:
             for seq in range(MESSAGES):
-                await publisher.publish(wire.readings_topic("site", "gw-tls"), _message(seq), qos=1)
+                await publisher.publish(
+                    wire.readings_topic("site", "gw-tls"),
+                    hydrology_message("gw-tls", seq, PER_MESSAGE, T0),
+                    qos=1,
+                )
         async with asyncio.timeout(30):
-            while await _count(influxdb.url, database) < MESSAGES * PER_MESSAGE:  # noqa: ASYNC110
+            while await stored_stages(influxdb.url, database) < MESSAGES * PER_MESSAGE:  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
     finally:
         process.send_signal(signal.SIGTERM)
         await process.communicate()
     assert process.returncode == 0
-    assert await _count(influxdb.url, database) == MESSAGES * PER_MESSAGE
+    assert await stored_stages(influxdb.url, database) == MESSAGES * PER_MESSAGE
 
 
 async def test_wrong_password_stops_the_ingest_naming_the_setting(
