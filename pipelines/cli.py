@@ -198,8 +198,9 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
         mqtt.client_id,
         args.workers - 1,
     )
-    asyncio.run(Supervisor(args.workers, command).run())
-    return 0
+    supervisor = Supervisor(args.workers, command)
+    asyncio.run(supervisor.run())
+    return supervisor.exit_code
 
 
 async def _run(service: IngestService, *, watch_parent: bool = False) -> None:

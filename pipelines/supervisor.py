@@ -11,6 +11,10 @@ log = logging.getLogger("ecotel.ingest.supervisor")
 Command = Callable[[int], list[str]]
 """The command line of worker number N."""
 
+# EX_CONFIG: a worker refused by the broker for its settings (pipelines/cli.py). Restarting
+# cannot mend it, and every worker shares the settings: stop them all and exit with it.
+EX_CONFIG = 78
+
 
 def describe_exit(returncode: int) -> str:
     """``exit code 1`` or ``killed by SIGKILL``, from a returncode as asyncio reports it."""
@@ -52,6 +56,8 @@ class Supervisor:
         self.stable_after_s = stable_after_s
         self.stop_timeout_s = stop_timeout_s
         self.restarts = [0] * workers
+        self.exit_code = 0
+        """0, or EX_CONFIG once a worker has exited with it and the others were stopped."""
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
 
@@ -106,6 +112,17 @@ class Supervisor:
                     proc.pid,
                     describe_exit(returncode),
                 )
+                return
+            if returncode == EX_CONFIG:
+                log.error(
+                    "supervisor: worker %d (pid %d) exited %d: its settings were refused "
+                    "(its log says which); not restarting, stopping every worker",
+                    number,
+                    proc.pid,
+                    EX_CONFIG,
+                )
+                self.exit_code = EX_CONFIG
+                self.stop()
                 return
             if loop.time() - started >= self.stable_after_s:
                 delay = self.backoff_min_s

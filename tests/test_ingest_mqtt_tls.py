@@ -64,9 +64,9 @@ def _env(password: str) -> dict[str, str]:
     return {**os.environ, "ECOTEL_INGEST_MQTT__PASSWORD": password}
 
 
-async def _run_to_exit(config: Path, password: str) -> tuple[int, str]:
+async def _run_to_exit(config: Path, password: str, *run_args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipelines", "--config", str(config), "run",
+        sys.executable, "-m", "pipelines", "--config", str(config), "run", *run_args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(password),
     )  # fmt: skip
     try:
@@ -123,6 +123,20 @@ async def test_wrong_password_stops_the_ingest_naming_the_setting(
     assert "mqtt.username / mqtt.password: the broker refused them" in err
     assert str(config) in err
     assert "not-the-password" not in err
+
+
+async def test_wrong_password_stops_every_worker_of_a_shared_group(
+    tls_broker: TlsBroker, influxdb: InfluxServer, tmp_path: Path
+) -> None:
+    # Restarting a worker cannot mend a refused password: the supervisor stops them all.
+    config = _config(tmp_path / "ingest.toml", tls_broker, influxdb.url, "tls_refused_group")
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("[mqtt]\n", '[mqtt]\nshared_group = "g"\n'), encoding="utf-8")
+    code, err = await _run_to_exit(config, "not-the-password", "--workers", "2")
+    assert code == 78, err
+    assert err.count("mqtt.username / mqtt.password: the broker refused them") >= 1
+    assert "not restarting, stopping every worker" in err
+    assert "restarting it in" not in err
 
 
 async def test_certificate_from_another_ca_names_ca_file(
