@@ -19,11 +19,11 @@ from typing import Self
 import httpx
 
 from pipelines.config import BatchSettings, InfluxSettings
-from pipelines.points import Point
+from pipelines.points import Chunk, Point
 from pipelines.spool import Spool
 from pipelines.stats import IngestStats
 
-__all__ = ["Done", "InfluxError", "InfluxWriter", "Point", "Refused", "no_op"]
+__all__ = ["Chunk", "Done", "InfluxError", "InfluxWriter", "Point", "Refused", "no_op"]
 
 log = logging.getLogger("ecotel.ingest.influx")
 
@@ -68,7 +68,7 @@ class InfluxWriter:
         self._batch = batch
         self._stats = stats
         self._on_refused = on_refused
-        self._queue: asyncio.Queue[tuple[list[Point], Done]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[list[Chunk], int, Done]] = asyncio.Queue()
         self._pending = 0
         self._unyielded = 0
         self._space = asyncio.Condition()
@@ -125,17 +125,22 @@ class InfluxWriter:
 
         Waits while too many points are pending (backpressure).
         """
-        if not points:
+        await self.put_chunks(Chunk.group(points), done)
+
+    async def put_chunks(self, chunks: list[Chunk], done: Done = no_op) -> None:
+        """``put`` for points already in chunks (a message's readings: pipelines/points.py)."""
+        size = sum(len(chunk.lines) for chunk in chunks)
+        if not size:
             done()
             return
         if self._pending >= self._batch.max_pending_points:
             # The condition only when full: taking it for every message cost ~4 us at batch 1.
             async with self._space:
                 await self._space.wait_for(lambda: self._pending < self._batch.max_pending_points)
-        self._pending += len(points)
+        self._pending += size
         self._idle.clear()
-        self._queue.put_nowait((points, done))
-        self._unyielded += len(points)
+        self._queue.put_nowait((chunks, size, done))
+        self._unyielded += size
         if self._unyielded >= _YIELD_POINTS:
             # A consumer with messages ready never suspends, and the write in flight waits
             # for its I/O meanwhile: in a backlog 5,000 points took 200-400 ms to POST
@@ -178,74 +183,80 @@ class InfluxWriter:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            points, done = await self._queue.get()
-            batch, callbacks = list(points), [done]
+            chunks, size, done = await self._queue.get()
+            batch, callbacks = list(chunks), [done]
             # Take what is already queued before looking at _flush_now: flush_soon()
             # during the previous write left it set, and without this the next batch
             # closed after one item (8,323 POSTs of 3.6 points for 30,000 one-reading
             # messages; docs/performance.md, ingest CPU 11.1 -> 6.6 s).
-            while len(batch) < self._batch.max_points and not self._queue.empty():
-                points, done = self._queue.get_nowait()
-                batch.extend(points)
+            while size < self._batch.max_points and not self._queue.empty():
+                chunks, more, done = self._queue.get_nowait()
+                batch.extend(chunks)
+                size += more
                 callbacks.append(done)
             deadline = loop.time() + self._max_delay_s
-            while len(batch) < self._batch.max_points and not self._flush_now.is_set():
+            while size < self._batch.max_points and not self._flush_now.is_set():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
                     # asyncio.timeout: 3.11's wait_for can lose a cancellation.
                     async with asyncio.timeout(remaining) as self._timer:
-                        points, done = await self._queue.get()
+                        chunks, more, done = await self._queue.get()
                 except TimeoutError:
                     break
                 finally:
                     self._timer = None
-                batch.extend(points)
+                batch.extend(chunks)
+                size += more
                 callbacks.append(done)
             self._flush_now.clear()
-            await self._write(batch)
+            await self._write(batch, size)
             for callback in callbacks:
                 callback()
             async with self._space:
-                self._pending -= len(batch)
+                self._pending -= size
                 self._space.notify_all()
                 if self._pending == 0:
                     self._idle.set()
 
-    async def _write(self, batch: list[Point], *, may_spool: bool = True) -> None:
+    async def _write(self, batch: list[Chunk], size: int, *, may_spool: bool = True) -> None:
+        """Write ``size`` points in chunks."""
         try:
-            written = await self._post_with_retry(batch, may_spool=may_spool)
+            written = await self._post_with_retry(batch, size, may_spool=may_spool)
         except InfluxError as exc:
-            if exc.status == 413 or len(batch) > 1:
+            if exc.status == 413 or size > 1:
                 # Too large, or some point in it refused: halve until the
                 # refused points stand alone. Rewriting accepted points is
                 # harmless, a point's identity makes it overwrite itself.
-                if len(batch) == 1:
-                    await self._on_refused(batch, exc)
+                if size == 1:
+                    await self._on_refused(batch[0].points(), exc)
                     return
-                middle = len(batch) // 2
-                await self._write(batch[:middle], may_spool=may_spool)
-                await self._write(batch[middle:], may_spool=may_spool)
+                for half in _halves(batch):
+                    await self._write(half, sum(len(c.lines) for c in half), may_spool=may_spool)
                 return
             log.error("InfluxDB refused a point: %s", exc)
-            await self._on_refused(batch, exc)
+            await self._on_refused(batch[0].points(), exc)
             return
         if written:
-            self._stats.count_written_points(batch)
+            self._stats.count_written(batch)
 
-    async def _spooled(self, batch: list[Point]) -> bool:
-        if self._spool is None or not await self._spool.add(batch):
+    async def _spooled(self, batch: list[Chunk], size: int) -> bool:
+        if self._spool is None or not await self._spool.add(
+            [point for chunk in batch for point in chunk.points()]
+        ):
             return False
-        self._stats.spooled += len(batch)
+        self._stats.spooled += size
         self._note_spool()
         return True
 
-    async def _post_with_retry(self, batch: list[Point], *, may_spool: bool = True) -> bool:
+    async def _post_with_retry(
+        self, batch: list[Chunk], size: int, *, may_spool: bool = True
+    ) -> bool:
         """True once written; False if the batch went to the spool instead (InfluxDB away)."""
-        if may_spool and self._influx_down and await self._spooled(batch):
+        if may_spool and self._influx_down and await self._spooled(batch, size):
             return False
-        body = "\n".join(p.line for p in batch).encode()
+        body = "\n".join([chunk.text for chunk in batch]).encode()
         params = {"db": self._influx.database, "precision": "ns"}
         delay = 0.5
         while True:
@@ -267,18 +278,16 @@ class InfluxWriter:
                 problem = f"{response.status_code}: {response.text.strip()}"
                 wait = max(delay, _retry_after(response))
             self._influx_down = True
-            if may_spool and await self._spooled(batch):
+            if may_spool and await self._spooled(batch, size):
                 log.warning(
                     "write of %d points failed (%s); spooled to disk (%d points waiting)",
-                    len(batch),
+                    size,
                     problem,
                     self.spooled,
                 )
                 return False
             self._stats.write_retries += 1
-            log.warning(
-                "write of %d points failed (%s); retrying in %.1f s", len(batch), problem, wait
-            )
+            log.warning("write of %d points failed (%s); retrying in %.1f s", size, problem, wait)
             await asyncio.sleep(wait)
             delay = min(delay * 2, self._batch.retry_max_s)
 
@@ -293,7 +302,7 @@ class InfluxWriter:
                 continue
             batch_id, batch = oldest
             # Retries in place: the drainer is the one that waits for InfluxDB.
-            await self._write(batch, may_spool=False)
+            await self._write(Chunk.group(batch), len(batch), may_spool=False)
             await self._spool.remove(batch_id)
             self._note_spool()
             if not self.spooled:
@@ -329,6 +338,15 @@ class InfluxWriter:
                 raise InfluxError(response.status_code, response.text)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._batch.retry_max_s)
+
+
+def _halves(batch: list[Chunk]) -> tuple[list[Chunk], list[Chunk]]:
+    """A batch of two points or more in two, by chunks or, for one chunk, by its lines."""
+    if len(batch) == 1:
+        first, second = batch[0].split()
+        return [first], [second]
+    middle = len(batch) // 2
+    return batch[:middle], batch[middle:]
 
 
 def _retry_after(response: httpx.Response) -> float:

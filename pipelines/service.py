@@ -22,7 +22,7 @@ from pipelines.decode import (
     decode_readings,
 )
 from pipelines.derive_stream import Deriver
-from pipelines.influx_writer import InfluxError, InfluxWriter, Point, no_op
+from pipelines.influx_writer import Chunk, InfluxError, InfluxWriter, Point, no_op
 from pipelines.line_protocol import (
     HEALTH_MEASUREMENT,
     STATUS_MEASUREMENT,
@@ -300,12 +300,13 @@ class IngestService:
                 topic,
                 [(r.reason, r.detail, r.reading_index, r.reading) for r in decoded.rejections],
             )
-        points = [
-            Point(line, kind, topic)
-            for line, kind in zip(decoded.lines, decoded.kinds, strict=True)
-        ]
-        # Derived measurements (docs/analytics.md): beside the raw points, windows marked once written.
-        await self._writer.put(*self._derive.stream(decoded, topic, points, done))
+        # The readings as one chunk, not a Point each; derived measurements
+        # (docs/analytics.md) beside them, windows marked once written.
+        derived, done = self._derive.stream(decoded, topic, [], done)
+        chunks = Chunk.group(derived)
+        if decoded.lines:
+            chunks.insert(0, Chunk.of(decoded.lines, decoded.kinds, topic))
+        await self._writer.put_chunks(chunks, done)
         return Outcome(stored=len(decoded.lines), rejections=decoded.rejections)
 
     def _track_sequence(self, site: str, gateway: str, seq: int) -> None:

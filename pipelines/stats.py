@@ -4,12 +4,8 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 
-from pipelines.points import Point
-
-_kind = attrgetter("kind")
-_reading = attrgetter("reading")
+from pipelines.points import Chunk
 
 WRITE_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -48,11 +44,13 @@ class IngestStats:
         self.write_latency_sum_s += seconds
         self.write_latency_counts[bisect_left(WRITE_LATENCY_BUCKETS_S, seconds)] += 1
 
-    def count_written_points(self, points: Sequence[Point]) -> None:
+    def count_written(self, chunks: Sequence[Chunk]) -> None:
         """Count a written batch by kind, and its readings: Counter counts in C, not a call
         per point."""
-        self.written_by_kind.update(map(_kind, points))
-        self.written += sum(map(_reading, points))
+        for chunk in chunks:
+            self.written_by_kind.update(chunk.kinds)
+            if chunk.reading:
+                self.written += len(chunk.lines)
 
     @property
     def rejected(self) -> int:
