@@ -12,7 +12,8 @@ import aiomqtt
 
 from collector import wire
 from deploy.servers import InfluxServer, MosquittoServer
-from tests.test_ingest_acks import PER_MESSAGE, _count, _message, _resume_session
+from tests.hydrology_load import hydrology_message, stored_stages
+from tests.test_ingest_acks import PER_MESSAGE, T0, _resume_session
 
 TOPIC = wire.readings_topic("site", "gw-ack")
 
@@ -27,7 +28,7 @@ def _spooled_points(path: Path) -> int:
 async def _publish(port: int, seqs: range) -> None:
     async with aiomqtt.Client("127.0.0.1", port, identifier="spool-publisher") as client:
         for seq in seqs:
-            await client.publish(TOPIC, _message(seq), qos=1)
+            await client.publish(TOPIC, hydrology_message("gw-ack", seq, PER_MESSAGE, T0), qos=1)
 
 
 async def _until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -66,7 +67,7 @@ async def test_influxdb_outage_is_spooled_and_survives_a_kill_9(tmp_path: Path) 
             await _publish(broker.port, range(50))
 
             async def first_written() -> bool:
-                return await _count(influx.url, database) == 50 * PER_MESSAGE
+                return await stored_stages(influx.url, database) == 50 * PER_MESSAGE
 
             await _until(first_written, "the first 1,000 readings in InfluxDB")
 
@@ -86,7 +87,7 @@ async def test_influxdb_outage_is_spooled_and_survives_a_kill_9(tmp_path: Path) 
             ingest = await asyncio.create_subprocess_exec(*command)
 
             async def all_written() -> bool:
-                return await _count(influx.url, database) == 150 * PER_MESSAGE
+                return await stored_stages(influx.url, database) == 150 * PER_MESSAGE
 
             await _until(all_written, "all 3,000 readings in InfluxDB")
 
@@ -100,4 +101,4 @@ async def test_influxdb_outage_is_spooled_and_survives_a_kill_9(tmp_path: Path) 
                 async with asyncio.timeout(30):
                     await ingest.wait()
         assert ingest.returncode == 0
-        assert await _count(influx.url, database) == 150 * PER_MESSAGE
+        assert await stored_stages(influx.url, database) == 150 * PER_MESSAGE
