@@ -151,6 +151,11 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
             f"  ingest API http://127.0.0.1:{api_port}   (/metrics, /readyz, /docs; bearer token "
             f"in {token_file})"
         )
+        print(
+            "  dead letters ECOTEL_INGEST_DEAD_LETTER__PATH="
+            f"{shlex.quote(str(data / 'ingest' / 'dead-letters.sqlite3'))} "
+            f"{Path(sys.executable).parent / 'ecotel-ingest'} dead-letters list"
+        )
         gateways = [Gateway(s) for s in sample_gateways(options, broker.port)]
         for gw in gateways:
             ident = gw.settings.gateway
