@@ -115,18 +115,24 @@ class IngestService:
                 mqtt.session_id,
                 mqtt.shared_group,
             )
-        async with self._dead_letters, self._writer, self._derive, asyncio.TaskGroup() as tasks:
-            if self.quality is not None and self.settings.validation.quality.history_s > 0:
-                await load_quality_history(
-                    self.quality, self.settings.influx, self.settings.validation.quality.history_s
-                )
-            helpers = [tasks.create_task(self._log_stats())]
+        async with self._dead_letters, asyncio.TaskGroup() as tasks:
+            helpers = []
             if self.settings.api.enabled:
                 # Imported here: FastAPI and uvicorn load only when the API is on.
                 from pipelines.api_server import serve_api
 
+                # Before the writer waits for InfluxDB: /healthz answers and /readyz names
+                # the problem while it is away (a liveness probe must not kill the wait).
                 helpers.append(tasks.create_task(serve_api(self)))
-            await self._consume()
+            async with self._writer, self._derive:
+                if self.quality is not None and self.settings.validation.quality.history_s > 0:
+                    await load_quality_history(
+                        self.quality,
+                        self.settings.influx,
+                        self.settings.validation.quality.history_s,
+                    )
+                helpers.append(tasks.create_task(self._log_stats()))
+                await self._consume()
             # Stopped: everything received is durable and acknowledged.
             for helper in helpers:
                 helper.cancel()

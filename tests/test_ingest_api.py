@@ -340,3 +340,40 @@ def test_no_generated_request_gets_a_server_error(api: Api) -> None:
                 )
 
             no_server_error()
+
+
+def _influx_down_config(tmp_path: Path, **sections: str) -> Path:
+    """An ingest configuration whose InfluxDB (and broker) nobody listens on."""
+    config = tmp_path / "down.toml"
+    config.write_text(
+        f'[mqtt]\nport = {find_free_port()}\n[influx]\nurl = "http://127.0.0.1:{find_free_port()}"\n'
+        f'[dead_letter]\npath = "{tmp_path / "dead.sqlite3"}"\n'
+        + "".join(f"[{name}]\n{body}\n" for name, body in sections.items()),
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_the_api_answers_while_influxdb_is_away(tmp_path: Path) -> None:
+    port = find_free_port()
+    config = _influx_down_config(tmp_path, api=f"enabled = true\nport = {port}")
+    process = subprocess.Popen([sys.executable, "-m", "pipelines", "--config", str(config), "run"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"{url}/healthz", trust_env=False)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, "the ingest exited"
+                assert time.monotonic() < deadline, "the API never answered with InfluxDB away"
+                time.sleep(0.2)
+        assert health.status_code == 200
+        ready = httpx.get(f"{url}/readyz", trust_env=False)
+        assert ready.status_code == 503
+        assert any(p.startswith("influxdb: ") for p in ready.json()["problems"]), ready.json()
+    finally:
+        # Killed, not stopped: a stop during the InfluxDB wait is not this test's subject.
+        process.kill()
+        process.wait(timeout=60)
