@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,14 @@ from collector.broker_link import context_from
 from collector.settings_loader import ConfigError, build_settings
 from pipelines.config import IngestSettings, SpoolSettings, for_worker, load_ingest_config
 from pipelines.dead_letter import DeadLetter, DeadLetterStore
-from pipelines.derive_cli import add_derive_parser, run_derive
+from pipelines.derive_cli import (
+    InfluxAway,
+    add_derive_parser,
+    influx_where,
+    open_influx,
+    run_derive,
+)
+from pipelines.influx_writer import InfluxError
 from pipelines.mqtt_consumer import MqttRefused
 from pipelines.service import IngestService
 from pipelines.supervisor import Supervisor
@@ -115,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("ids", type=int, nargs="*", help="dead letter ids")
     again.add_argument("--reason", help="replay the oldest --limit letters of this reason")
     again.add_argument("--limit", type=int, default=100)
+    again.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up when InfluxDB does not answer at start for this long (default 30)",
+    )
     add_derive_parser(sub)
     return parser
 
@@ -294,7 +309,17 @@ async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
     # No spool: a running ingest may be draining its own; these writes wait for InfluxDB.
     service = IngestService(settings.model_copy(update={"spool": SpoolSettings(enabled=False)}))
     refused = 0
-    async with service.dead_letters, service.writer, service.derive:
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(service.dead_letters)
+        try:
+            await open_influx(stack, service.writer, args.wait)
+        except (InfluxAway, InfluxError) as exc:
+            print(
+                f"ecotel-ingest dead-letters replay: {influx_where(settings, args)}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        await stack.enter_async_context(service.derive)
         ids = list(args.ids)
         if not ids:
             letters = await service.dead_letters.list(reason=args.reason, limit=args.limit)

@@ -110,9 +110,7 @@ async def run_derive(settings: IngestSettings, args: argparse.Namespace) -> int:
     if args.end <= args.start:
         print("ecotel-ingest derive: --to must be after --from", file=sys.stderr)
         return 2
-    config = getattr(args, "config", None)
-    source = str(config) if config else "defaults and environment: ECOTEL_INGEST_INFLUX__URL"
-    where = f"InfluxDB at {settings.influx.url} (influx.url, from {source})"
+    where = influx_where(settings, args)
     refused: list[str] = []
 
     async def on_refused(points: list[Point], error: InfluxError) -> None:
@@ -137,7 +135,7 @@ async def run_derive(settings: IngestSettings, args: argparse.Namespace) -> int:
 
     try:
         async with contextlib.AsyncExitStack() as stack:
-            await _open(stack, writer, args.wait)
+            await open_influx(stack, writer, args.wait)
             task = asyncio.create_task(work())
             await _show_progress(task, report, stats, args.wait)
             await task
@@ -161,7 +159,16 @@ async def run_derive(settings: IngestSettings, args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
-async def _open(stack: contextlib.AsyncExitStack, writer: InfluxWriter, wait_s: float) -> None:
+def influx_where(settings: IngestSettings, args: argparse.Namespace) -> str:
+    """InfluxDB's address and where it was set, for a command's error message."""
+    config = getattr(args, "config", None)
+    source = str(config) if config else "defaults and environment: ECOTEL_INGEST_INFLUX__URL"
+    return f"InfluxDB at {settings.influx.url} (influx.url, from {source})"
+
+
+async def open_influx(
+    stack: contextlib.AsyncExitStack, writer: InfluxWriter, wait_s: float
+) -> None:
     """Enter the writer and wait until InfluxDB answers, for ``wait_s`` at most."""
     problem = ""
     try:

@@ -377,3 +377,29 @@ def test_the_api_answers_while_influxdb_is_away(tmp_path: Path) -> None:
         # Killed, not stopped: a stop during the InfluxDB wait is not this test's subject.
         process.kill()
         process.wait(timeout=60)
+
+
+def test_replay_gives_up_on_an_unreachable_influxdb_naming_the_setting(
+    api: Api, tmp_path: Path
+) -> None:
+    away = tmp_path / "away.toml"
+    away.write_text(
+        api.config.read_text(encoding="utf-8").replace(
+            api.influx_url, f"http://127.0.0.1:{find_free_port()}"
+        ),
+        encoding="utf-8",
+    )
+    replayed = subprocess.run(
+        [*_dead_letters_command(away), "replay", "--reason", "invalid_values", "--wait", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert replayed.returncode == 1, replayed.stderr
+    assert "influx.url" in replayed.stderr
+    assert str(away) in replayed.stderr
+
+
+def _dead_letters_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "pipelines", "--config", str(config), "dead-letters"]
