@@ -13,6 +13,7 @@ from pathlib import Path
 
 from collector.broker_link import context_from
 from collector.settings_loader import ConfigError, build_settings
+from collector.stdout_pipe import reader_left
 from pipelines.config import IngestSettings, SpoolSettings, for_worker, load_ingest_config
 from pipelines.dead_letter import DeadLetter, DeadLetterStore
 from pipelines.derive_cli import (
@@ -174,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "derive":
         return asyncio.run(run_derive(settings, args))
-    return asyncio.run(_dead_letters(settings, args))
+    try:
+        return asyncio.run(_dead_letters(settings, args))
+    except BrokenPipeError:
+        return reader_left()  # `dead-letters list | head`
 
 
 def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:

@@ -403,3 +403,19 @@ def test_replay_gives_up_on_an_unreachable_influxdb_naming_the_setting(
 
 def _dead_letters_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "pipelines", "--config", str(config), "dead-letters"]
+
+
+def test_listing_into_a_reader_that_left_stops_quietly(api: Api) -> None:
+    # The reader closes before the command prints: as `dead-letters list | head -1` when
+    # head has read its line and the listing is longer than the pipe's buffer.
+    process = subprocess.Popen(
+        [*_dead_letters_command(api.config), "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGPIPE, stderr
+    assert stderr == ""

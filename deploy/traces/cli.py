@@ -16,6 +16,7 @@ from pydantic import SecretStr, ValidationError
 from collector.broker_link import misconfiguration
 from collector.config import BrokerSettings, TlsSettings
 from collector.settings_loader import ConfigError
+from collector.stdout_pipe import reader_left
 from deploy.traces.broker import broker_from_file
 from deploy.traces.file_format import (
     ReadStats,
@@ -171,10 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             return _inspect(args)
         return _trim(args)
     except BrokenPipeError:
-        # The reader left (`inspect | head`): stop quietly as Unix tools do, and keep the
-        # interpreter's final flush of stdout from raising again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return reader_left()  # `inspect | head`
     except (ConfigError, TraceError, ValueError) as exc:
         print(f"ecotel-trace: {exc}", file=sys.stderr)
         return 2
