@@ -219,7 +219,7 @@ def build_app(service: IngestService) -> FastAPI:
         Stored: removed from the store. Refused again: kept, with the new reason.
         """
         ids = list(request.ids)
-        if not ids and request.reason is not None:
+        if request.reason is not None:
             letters = await service.dead_letters.list(reason=request.reason, limit=request.limit)
             ids = [letter.id for letter in letters]
         results = []

@@ -1,9 +1,9 @@
 """The HTTP API's request and response bodies (pydantic), which its OpenAPI document describes."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, Field, JsonValue, model_validator
 
 LetterId = Annotated[int, Field(ge=1, le=2**62)]
 """A dead letter's id: an SQLite integer."""
@@ -78,6 +78,14 @@ class ReplayRequest(BaseModel):
     ids: list[LetterId] = Field(default_factory=list, max_length=1_000)
     reason: str | None = None
     limit: int = Field(default=100, ge=1, le=1_000)
+
+    @model_validator(mode="after")
+    def _ids_or_reason(self) -> Self:
+        if self.ids and self.reason is not None:
+            raise ValueError("give ids or reason, not both (reason would select other letters)")
+        if not self.ids and self.reason is None:
+            raise ValueError("name dead letter ids, or a reason")
+        return self
 
 
 class ReplayResult(BaseModel):

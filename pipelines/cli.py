@@ -310,6 +310,13 @@ async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
     if not args.ids and args.reason is None:
         print("ecotel-ingest: name dead letter ids, or --reason", file=sys.stderr)
         return 2
+    if args.ids and args.reason is not None:
+        print(
+            "ecotel-ingest: name dead letter ids or --reason, not both "
+            "(--reason would select other letters)",
+            file=sys.stderr,
+        )
+        return 2
     # No spool: a running ingest may be draining its own; these writes wait for InfluxDB.
     service = IngestService(settings.model_copy(update={"spool": SpoolSettings(enabled=False)}))
     refused = 0

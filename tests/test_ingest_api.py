@@ -419,3 +419,27 @@ def test_listing_into_a_reader_that_left_stops_quietly(api: Api) -> None:
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGPIPE, stderr
     assert stderr == ""
+
+
+async def test_a_replay_must_name_ids_or_a_reason_not_both(api: Api) -> None:
+    async with api.client() as http:
+        neither = await http.post("/v1/dead-letters/replay", json={})
+        both = await http.post(
+            "/v1/dead-letters/replay", json={"ids": [1, 2], "reason": "bad_json"}
+        )
+    assert neither.status_code == 422
+    assert "name dead letter ids, or a reason" in neither.text
+    assert both.status_code == 422
+    assert "not both" in both.text
+
+
+def test_the_command_line_replays_ids_or_a_reason_not_both(api: Api) -> None:
+    cli = subprocess.run(
+        [*_dead_letters_command(api.config), "replay", "1", "2", "--reason", "bad_json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert "not both" in cli.stderr
