@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from collector import wire
+from devices.catalog import KINDS
 from pipelines.api_models import (
     DeadLetterDetail,
     DeadLetterPage,
@@ -39,6 +40,7 @@ class _Refused(Exception):
         self.detail = detail
 
 
+_REF = "#/components/schemas/{model}"
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No token, or not one of api.tokens"},
     403: {"model": Problem, "description": "The token may not do this"},
@@ -123,7 +125,9 @@ def build_app(service: IngestService) -> FastAPI:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _envelope_schema()}},
+                "content": {
+                    "application/json": {"schema": {"$ref": _REF.format(model="ReadingsMessage")}}
+                },
             }
         },
     )
@@ -237,19 +241,45 @@ def build_app(service: IngestService) -> FastAPI:
             )
         return ReplayReport(results=results)
 
+    _with_readings_schemas(app)
     return app
 
 
-def _envelope_schema() -> dict[str, Any]:
-    schema = wire.ReadingsMessage.model_json_schema(ref_template="#/components/schemas/{model}")
-    # Inline definitions would dangle: keep the envelope's top level only.
-    schema.pop("$defs", None)
-    schema["properties"]["readings"] = {
-        "type": "array",
-        "minItems": 1,
-        "items": {"type": "object", "description": "A reading (docs/wire-contract.md)"},
+def _with_readings_schemas(app: FastAPI) -> None:
+    """Add the readings message and its reading (the gateway's own models) to the document.
+
+    The endpoint reads the body as raw bytes, to dead-letter it exactly as sent, so
+    FastAPI cannot derive these from its signature.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(
+                _readings_schemas()
+            )
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _readings_schemas() -> dict[str, Any]:
+    message = wire.ReadingsMessage.model_json_schema(ref_template=_REF)
+    reading = message.pop("$defs")["Reading"]
+    message["description"] += " (docs/wire-contract.md)"
+    # The gateway's model defaults the version when building; the ingest requires it.
+    message["properties"]["schema"].pop("default")
+    message["required"].insert(0, "schema")
+    # The catalog checks kind and values after parsing; say here what it accepts.
+    reading["properties"]["kind"]["enum"] = sorted(KINDS)
+    reading["properties"]["values"] = {
+        "type": "object",
+        "description": "Quantity name -> number, or string for a state (units per kind in "
+        "docs/wire-contract.md)",
+        "additionalProperties": {"anyOf": [{"type": "number"}, {"type": "string"}]},
     }
-    return schema
+    return {"ReadingsMessage": message, "Reading": reading}
 
 
 def _summary(letter: DeadLetter) -> DeadLetterSummary:

@@ -297,9 +297,21 @@ def test_the_openapi_document_describes_every_endpoint_with_models(api: Api) -> 
         for method, operation in operations.items():
             ok = operation["responses"]["200"]
             assert ok.get("content"), f"{method} {path} has no documented 200 body"
-    assert {"IngestResult", "DeadLetterDetail", "ReplayReport", "Readiness"} <= set(
-        document["components"]["schemas"]
-    )
+    schemas = document["components"]["schemas"]
+    assert {"IngestResult", "DeadLetterDetail", "ReplayReport", "Readiness"} <= set(schemas)
+    body = document["paths"]["/v1/readings/{site}/{gateway}"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ReadingsMessage"
+    }
+    message = schemas["ReadingsMessage"]
+    assert {"schema", "site", "gateway", "seq", "sent_at", "readings"} <= set(message["required"])
+    assert message["properties"]["readings"]["items"] == {"$ref": "#/components/schemas/Reading"}
+    reading = schemas["Reading"]["properties"]
+    assert {"device", "kind", "channel", "time", "values", "clock"} == set(reading)
+    assert {"hydrology", "water_quality", "traffic_detector"} <= set(reading["kind"]["enum"])
+    assert reading["values"]["additionalProperties"] == {
+        "anyOf": [{"type": "number"}, {"type": "string"}]
+    }
 
 
 @pytest.mark.slow
