@@ -133,9 +133,10 @@ class IngestService:
                     )
                 helpers.append(tasks.create_task(self._log_stats()))
                 await self._consume()
-            # Stopped: everything received is durable and acknowledged.
-            for helper in helpers:
-                helper.cancel()
+                # Stopped: everything received is durable and acknowledged. The helpers
+                # use the writer: they end before it closes.
+                for helper in helpers:
+                    helper.cancel()
 
     def stop(self) -> None:
         """Stop gracefully: read no more messages, write and acknowledge those received,
