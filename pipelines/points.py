@@ -1,6 +1,6 @@
 """Points on their way to InfluxDB: one line of line protocol, or a message's lines in one chunk."""
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import NamedTuple, Self
 
 
@@ -39,8 +39,14 @@ class Chunk(NamedTuple):
         return cls("\n".join(lines), lines, kinds, topic, reading)
 
     @classmethod
-    def group(cls, points: Iterable[Point]) -> list[Self]:
+    def group(cls, points: Sequence[Point]) -> list[Self]:
         """Consecutive points of the same topic and role, one chunk each."""
+        if not points:
+            return []
+        # Nearly always one topic and role (a message's derived points): sorted out in C.
+        all_lines, all_kinds, topics, readings = zip(*points, strict=True)
+        if len(set(topics)) == 1 and len(set(readings)) == 1:
+            return [cls.of(list(all_lines), list(all_kinds), topics[0], reading=readings[0])]
         chunks: list[Self] = []
         lines: list[str] = []
         kinds: list[str] = []
