@@ -237,6 +237,12 @@ async def _run(service: IngestService, *, watch_parent: bool = False) -> None:
         task.cancel()
 
     def stop_gracefully() -> None:
+        if service.stats.messages == 0:
+            # Nothing received yet (still waiting for InfluxDB or the broker): nothing to
+            # write or acknowledge, so no reason to wait.
+            log.info("ingest: stopping; nothing received yet")
+            task.cancel()
+            return
         # A second signal, or the bound (below the supervisor's 30 s before SIGKILL),
         # stops at once.
         for sig in (signal.SIGINT, signal.SIGTERM):

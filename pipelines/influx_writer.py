@@ -90,11 +90,17 @@ class InfluxWriter:
             # Proxy variables meant for the outside world must not divert database writes.
             trust_env=False,
         )
-        if self._spool is not None:
-            await self._spool.__aenter__()
-            self._note_spool()
-        if self._influx.create_database:
-            await self._create_database()
+        try:
+            if self._spool is not None:
+                await self._spool.__aenter__()
+                self._note_spool()
+            if self._influx.create_database:
+                await self._create_database()
+        except BaseException:
+            # Stopped while waiting for InfluxDB: close what is open, or the spool's
+            # SQLite thread keeps the process alive after the ingest has stopped.
+            await self.__aexit__(None, None, None)
+            raise
         self._task = asyncio.create_task(self._run(), name="influx-writer")
         if self._spool is not None:
             self._drainer = asyncio.create_task(self._drain_spool(), name="spool-drainer")
