@@ -14,28 +14,15 @@ import pytest_asyncio
 from collector.config import GatewaySettings
 from collector.gateway import BrokerRefused, Gateway
 from collector.wire import READINGS_FILTER
-from deploy.servers import MosquittoServer, find_free_port, require_binaries
-from tests.tls_material import TlsMaterial, make_tls_material, tls_listener
+from tests.tls_material import TlsBroker, tls_broker_in
 
 USER, PASSWORD = "tuotuohe-gw1", "s3cret-plateau"
 
 
-class TlsBroker:
-    def __init__(self, server: MosquittoServer, tls_port: int, material: TlsMaterial) -> None:
-        self.server = server
-        self.tls_port = tls_port
-        self.material = material
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TlsBroker]:
-    require_binaries()
-    directory = tmp_path_factory.mktemp("tls")
-    material = await make_tls_material(directory, USER, PASSWORD)
-    tls_port = find_free_port()
-    server = MosquittoServer(directory / "broker", extra_config=tls_listener(tls_port, material))
-    async with server:
-        yield TlsBroker(server, tls_port, material)
+    async with tls_broker_in(tmp_path_factory.mktemp("tls"), USER, PASSWORD) as broker:
+        yield broker
 
 
 def _config(broker: TlsBroker, state_dir: Path, **broker_overrides: Any) -> dict[str, Any]:

@@ -15,31 +15,19 @@ import pytest
 import pytest_asyncio
 
 from collector import wire
-from deploy.servers import InfluxServer, MosquittoServer, find_free_port, require_binaries
+from deploy.servers import InfluxServer
 from tests.hydrology_load import hydrology_message, stored_stages
-from tests.tls_material import TlsMaterial, make_tls_material, tls_listener
+from tests.tls_material import TlsBroker, tls_broker_in
 
 USER, PASSWORD = "ecotel-ingest", "s3cret-ingest"
 MESSAGES, PER_MESSAGE = 20, 5
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
-class TlsBroker:
-    def __init__(self, server: MosquittoServer, tls_port: int, material: TlsMaterial) -> None:
-        self.server = server
-        self.tls_port = tls_port
-        self.material = material
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TlsBroker]:
-    require_binaries()
-    directory = tmp_path_factory.mktemp("ingest-tls")
-    material = await make_tls_material(directory, USER, PASSWORD)
-    tls_port = find_free_port()
-    server = MosquittoServer(directory / "broker", extra_config=tls_listener(tls_port, material))
-    async with server:
-        yield TlsBroker(server, tls_port, material)
+    async with tls_broker_in(tmp_path_factory.mktemp("ingest-tls"), USER, PASSWORD) as broker:
+        yield broker
 
 
 def _config(

@@ -1,8 +1,12 @@
 """Certificates and password files for TLS tests, made with the openssl and mosquitto_passwd tools."""
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from deploy.servers import MosquittoServer, find_free_port, require_binaries
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,23 @@ def tls_listener(port: int, material: TlsMaterial) -> str:
             f"password_file {material.password_file}",
         ]
     )
+
+
+@dataclass(frozen=True)
+class TlsBroker:
+    """A real Mosquitto with a plain loopback listener and a TLS listener that wants both."""
+
+    server: MosquittoServer
+    tls_port: int
+    material: TlsMaterial
+
+
+@contextlib.asynccontextmanager
+async def tls_broker_in(directory: Path, user: str, password: str) -> AsyncIterator[TlsBroker]:
+    """Make the certificates and password file in ``directory`` and run the broker."""
+    require_binaries()
+    material = await make_tls_material(directory, user, password)
+    tls_port = find_free_port()
+    server = MosquittoServer(directory / "broker", extra_config=tls_listener(tls_port, material))
+    async with server:
+        yield TlsBroker(server, tls_port, material)
