@@ -31,15 +31,19 @@ class FileSettings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def load_settings(cls: type[S], path: Path) -> S:
-    """Read ``path`` (TOML) into ``cls``, environment overriding; ConfigError on any problem."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """A configuration file's tables; ConfigError naming the file if it is missing or not TOML."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return build_settings(cls, data, source=str(path))
+
+
+def load_settings(cls: type[S], path: Path) -> S:
+    """Read ``path`` (TOML) into ``cls``, environment overriding; ConfigError on any problem."""
+    return build_settings(cls, read_toml(path), source=str(path))
 
 
 def build_settings(cls: type[S], data: dict[str, Any], *, source: str) -> S:

@@ -1,7 +1,6 @@
 """Broker connections for the trace commands: the gateway's broker settings (credentials, TLS), MQTT 3.1.1 or 5."""
 
 import ssl
-import tomllib
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 
 from collector.broker_link import tls_context
 from collector.config import BrokerSettings
-from collector.settings_loader import ConfigError
+from collector.settings_loader import ConfigError, read_toml
 
 MqttVersion = Literal["3.1.1", "5"]
 _PROTOCOLS = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersion.V5}
@@ -20,12 +19,7 @@ _PROTOCOLS = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersio
 
 def broker_from_file(path: Path) -> BrokerSettings:
     """The ``[broker]`` table of a TOML file (a gateway configuration works as it is)."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path)
     try:
         return BrokerSettings.model_validate(data.get("broker", {}))
     except ValidationError as exc:
