@@ -255,7 +255,7 @@ async def _run(service: IngestService, *, watch_parent: bool = False) -> None:
         loop.add_signal_handler(sig, stop_gracefully)
     watcher = asyncio.create_task(_exit_with_parent(task)) if watch_parent else None
     try:
-        await service.run()
+        await service.run(own_process=True)
         log.info("ingest stopped: %s", service.summary())
     except asyncio.CancelledError:
         log.info("ingest stopped: %s", service.summary())

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -97,7 +98,9 @@ class IngestService:
         )
         self._derive = Deriver.for_service(settings, self._writer)
 
-    async def run(self) -> None:
+    async def run(self, *, own_process: bool = False) -> None:
+        """Consume until stopped; ``own_process``: the process is this worker's alone (the CLI),
+        so its garbage collector may be tuned for the stream."""
         mqtt = self.settings.mqtt
         log.info(
             "ingest: MQTT %s:%d topics %s -> InfluxDB %s database %s; dead letters in %s",
@@ -132,6 +135,8 @@ class IngestService:
                         self.settings.validation.quality.history_s,
                     )
                 helpers.append(tasks.create_task(self._log_stats()))
+                if own_process:
+                    _settle_heap()
                 await self._consume()
                 # Stopped: everything received is durable and acknowledged. The helpers
                 # use the writer: they end before it closes.
@@ -383,6 +388,19 @@ class IngestService:
             await self._writer.put(
                 [Point(line, STATS_MEASUREMENT, "ingest/stats", reading=False) for line in lines]
             )
+
+
+def _settle_heap() -> None:
+    """Keep the garbage collector off the long-lived heap and out of the per-message path.
+
+    What start-up built (modules, FastAPI's schemas, settings) never becomes garbage:
+    frozen, a full collection no longer walks it. A first-generation collection every
+    700 allocations ran several times per message of 50 readings; every 20,000 keeps
+    young garbage bounded and cost ~1 us less per reading at batch 50 (docs/performance.md).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
 
 def _durable() -> tuple[Done, "asyncio.Future[None]"]:
