@@ -41,6 +41,11 @@ class Deriver:
         # More than two full batches waiting: the writer is not keeping up (a backlog).
         self._behind_points = 2 * ingest.batch.max_points
         self._state = DirtyWindows(state)
+        # The only kinds keys_for_reading can find windows for: the others skip the call.
+        self._window_kinds = frozenset(
+            {"traffic_detector"}
+            | ({"energy_meter"} | settings.water_kinds if settings.datacenters else set())
+        )
         self._written: list[tuple[set[WindowKey], Done]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,9 +94,11 @@ class Deriver:
         keys: set[WindowKey] = set()
         last: tuple[str, str, datetime] | None = None
         thresholds = self.settings.congestion
+        window_kinds = self._window_kinds
         for reading, values in decoded.readings:
+            kind = reading.kind
             # Most kinds derive nothing: ask only those that do (~1 us per reading saved).
-            measurement = SOURCE_KINDS.get(reading.kind)
+            measurement = SOURCE_KINDS.get(kind)
             if measurement is not None:
                 line = derived_line(
                     site=site,
@@ -104,8 +111,10 @@ class Deriver:
                 )
                 if line is not None:
                     points.append(Point(line, measurement, topic, reading=False))
+            if kind not in window_kinds:
+                continue
             # The channels of one device share its time: their windows once.
-            touched = (reading.kind, reading.device, reading.time)
+            touched = (kind, reading.device, reading.time)
             if touched != last:
                 keys |= keys_for_reading(self.settings, site, *touched)
                 last = touched
@@ -118,6 +127,11 @@ class Deriver:
             self._wake.set()
 
         return points, written
+
+    async def mark(self, keys: set[WindowKey]) -> None:
+        """Mark windows whose raw readings were written outside ``stream`` (a replayed point)."""
+        if self.settings.enabled:
+            await self._state.mark(keys)
 
     async def _commit_marks(self) -> None:
         while True:

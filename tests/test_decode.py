@@ -170,3 +170,40 @@ def test_readings_from_an_untrustworthy_clock_are_refused(
     else:
         assert decoded.lines == []
         assert [r.reason for r in decoded.rejections] == [reason]
+
+
+def test_one_point_twice_with_other_values_is_refused_and_an_exact_copy_stored_once() -> None:
+    later = "2026-11-22T10:00:10Z"
+    decoded = decode_readings(
+        TOPIC,
+        _message(
+            _reading(),
+            _reading(values={**HYDRO, "stage": 9.99}),
+            # The same instant in another offset is the same point.
+            _reading(time="2026-11-22T18:00:00+08:00"),
+            _reading(time=later),
+        ),
+        max_bytes=1 << 20,
+    )
+    assert [line.rsplit(" ", 1)[1] for line in decoded.lines] == [
+        "1795341600000000000",
+        "1795341610000000000",
+    ]
+    assert "stage=2.31" in decoded.lines[0]
+    [conflict] = decoded.rejections
+    assert (conflict.reason, conflict.reading_index) == ("conflicting_duplicate", 1)
+    assert "reading #0" in conflict.detail
+    assert "hydro-1" in conflict.detail
+    assert conflict.reading == _reading(values={**HYDRO, "stage": 9.99})
+
+
+def test_readings_of_one_device_on_different_channels_are_different_points() -> None:
+    lanes = [
+        _reading(device="radar", kind="traffic_detector", channel=lane, values=values)
+        for lane, values in [
+            ("1", {"interval_s": 60.0, "volume": 10.0, "mean_speed": 90.0, "occupancy": 5.0}),
+            ("2", {"interval_s": 60.0, "volume": 12.0, "mean_speed": 80.0, "occupancy": 6.0}),
+        ]
+    ]
+    decoded = decode_readings(TOPIC, _message(*lanes), max_bytes=1 << 20)
+    assert (len(decoded.lines), decoded.rejections) == (2, [])
