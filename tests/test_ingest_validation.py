@@ -114,10 +114,17 @@ def _stream() -> list[Expected]:
             _message(13, *[_hydro(40 + i, stage=4521.5) for i in range(5)]),
             None,
         ),
+        # One point twice with other values (a late time: its series has moved on, so
+        # the quality checker does not judge it): the first is stored, the second refused.
+        Expected(
+            "one point, two values",
+            _message(14, _hydro(35), _hydro(35, stage=4533.0)),
+            "conflicting_duplicate",
+        ),
     ]
 
 
-STORED_READINGS = 2 + 3 + 2 + 5
+STORED_READINGS = 2 + 3 + 2 + 5 + 1
 
 
 @dataclass
@@ -215,6 +222,8 @@ async def test_every_bad_input_is_dead_lettered_and_good_readings_are_stored(
     assert quality[22] is None, "the return from a lone spike is not a second spike"
     assert [quality[40 + i] for i in range(5)] == [None, None, None, "stuck:stage", "stuck:stage"]
     assert all(q is None for t, q in quality.items() if t not in (21, 43, 44))
+    [first] = [row for row in rows if row["time"] - int(T0.timestamp()) == 35]
+    assert first["stage"] == 4520.35, "the first of two conflicting copies is the one stored"
 
     async with httpx.AsyncClient(trust_env=False) as http:
         metrics = (await http.get(f"{ingest.api}/metrics")).text
