@@ -29,7 +29,8 @@ from pipelines.config import ApiToken
 from pipelines.dead_letter import DeadLetter
 from pipelines.metrics import render_metrics
 from pipelines.replay import replay
-from pipelines.service import IngestService
+from pipelines.service import IngestService, Outcome
+from pipelines.topic_names import bad_topic
 
 _bearer = HTTPBearer(auto_error=False, description="A token of api.tokens")
 
@@ -152,7 +153,14 @@ def build_app(service: IngestService) -> FastAPI:
             payload += chunk
             if len(payload) > limit:
                 raise _Refused(413, f"more than {limit} bytes (mqtt.max_message_bytes)")
-        outcome = await service.submit(wire.readings_topic(site, gateway), bytes(payload))
+        topic = wire.readings_topic(site, gateway)
+        unnamed = bad_topic(topic)
+        if unnamed is not None:
+            # No gateway could publish there: refused whole and kept, as other refusals are.
+            await service.refuse_message(topic, bytes(payload), unnamed)
+            outcome = Outcome(refused=unnamed)
+        else:
+            outcome = await service.submit(topic, bytes(payload))
         if outcome.refused is not None:
             refusal = MessageRefusal(reason=outcome.refused.reason, detail=outcome.refused.detail)
             return JSONResponse(refusal.model_dump(), status_code=422)

@@ -67,7 +67,10 @@ class DeadLetterPage(BaseModel):
 
 
 class DeadLetterDetail(DeadLetterSummary):
-    reading: JsonValue = Field(description="The refused reading's JSON, or a refused point's line")
+    reading: JsonValue = Field(
+        description="The refused reading's JSON, or the line of a point InfluxDB refused "
+        "(influx_refused)"
+    )
     payload_text: str | None = Field(description="The message's exact payload when it is UTF-8")
     payload_base64: str | None = Field(description="The exact payload bytes, base64")
 
@@ -89,9 +92,16 @@ class ReplayRequest(BaseModel):
 
 
 class ReplayResult(BaseModel):
+    """stored: written, the letter removed; refused: kept under the reason it fails with now
+    (``influx_refused``: InfluxDB's new answer); missing: no such letter; not_replayable: a
+    letter without what its kind is replayed from (an ``influx_refused`` letter without its
+    line), which no ingest writes."""
+
     id: int
     outcome: Literal["stored", "refused", "missing", "not_replayable"]
-    stored: int = Field(description="Readings now written")
+    stored: int = Field(
+        description="Readings now written; points, for an influx_refused, status or health letter"
+    )
     reason: str | None = Field(description="The reason it was refused now")
     detail: str | None
     new_dead_letters: int = Field(description="Readings of a replayed message refused again alone")

@@ -297,6 +297,22 @@ class InfluxWriter:
             await asyncio.sleep(wait)
             delay = min(delay * 2, self._batch.retry_max_s)
 
+    async def write_lines(self, lines: list[str]) -> InfluxError | None:
+        """Write lines now, beside the batches (a replayed point); None once written.
+
+        Transient failures are retried as for a batch, never spooled: the caller waits.
+        A refusal (4xx) is returned, not dead-lettered, and covers the whole request.
+        Counted as a write batch, not as readings written (a line's role is not known).
+        """
+        if not lines:
+            return None
+        chunk = Chunk.of(lines, [""] * len(lines), "", reading=False)
+        try:
+            await self._post_with_retry([chunk], len(lines), may_spool=False)
+        except InfluxError as exc:
+            return exc
+        return None
+
     async def _drain_spool(self) -> None:
         assert self._spool is not None
         while True:

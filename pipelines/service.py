@@ -276,23 +276,17 @@ class IngestService:
         Public so that tests and replays can feed messages directly.
         """
         self.stats.messages += 1
-        if topic.endswith("/status"):
-            await self._handle_status(topic, payload, done)
-            return Outcome()
-        if topic.endswith("/health"):
-            await self._handle_health(topic, payload, done)
+        if topic.endswith(("/status", "/health")):
+            await self._handle_gateway(topic, payload, done)
             return Outcome()
         try:
             decoded = decode_readings(
                 topic, payload, max_bytes=self.settings.mqtt.max_message_bytes, checks=self.checks
             )
         except MessageRejected as exc:
-            rejection = exc.rejection
-            self.stats.rejected_messages[rejection.reason] += 1
-            log.warning("rejected message on %s: %s: %s", topic, rejection.reason, rejection.detail)
-            await self._dead_letters.add_message(topic, payload, rejection.reason, rejection.detail)
+            await self.refuse_message(topic, payload, exc.rejection)
             done()
-            return Outcome(refused=rejection)
+            return Outcome(refused=exc.rejection)
         self._track_sequence(decoded.site, decoded.gateway, decoded.seq)
         self.stats.received += len(decoded.lines) + len(decoded.rejections)
         if decoded.rejections:
@@ -336,34 +330,28 @@ class IngestService:
             )
         self.stats.missing_messages += self.sequences.missing(site, gateway) - before
 
-    async def _handle_status(self, topic: str, payload: bytes, done: Done) -> None:
-        try:
-            site, gateway, _ = wire.parse_topic(topic)
-            status = wire.GatewayStatus.model_validate_json(payload)
-        except (wire.TopicError, ValidationError) as exc:
-            self.stats.rejected_messages["bad_status"] += 1
-            await self._dead_letters.add_message(topic, payload, "bad_status", str(exc))
-            done()
-            return
-        self.stats.status_updates += 1
-        line = status_to_line(site, gateway, status, received_at=datetime.now(UTC))
-        await self._writer.put([Point(line, STATUS_MEASUREMENT, topic, reading=False)], done)
+    async def refuse_message(self, topic: str, payload: bytes, rejection: Rejection) -> None:
+        """Count, log and dead-letter a message refused whole."""
+        self.stats.rejected_messages[rejection.reason] += 1
+        log.warning("rejected message on %s: %s: %s", topic, rejection.reason, rejection.detail)
+        await self._dead_letters.add_message(topic, payload, rejection.reason, rejection.detail)
 
-    async def _handle_health(self, topic: str, payload: bytes, done: Done) -> None:
+    async def _handle_gateway(self, topic: str, payload: bytes, done: Done) -> None:
         try:
-            site, gateway, _ = wire.parse_topic(topic)
-            health = wire.GatewayHealth.model_validate_json(payload)
-            if (health.site, health.gateway) != (site, gateway):
-                raise ValueError(f"payload speaks for {health.site}/{health.gateway}")
-        except (wire.TopicError, ValidationError, ValueError) as exc:
-            self.stats.rejected_messages["bad_health"] += 1
-            await self._dead_letters.add_message(topic, payload, "bad_health", str(exc))
+            points = gateway_points(topic, payload, received_at=datetime.now(UTC))
+        except MessageRejected as exc:
+            await self.refuse_message(topic, payload, exc.rejection)
             done()
             return
-        lines = health_to_lines(site, gateway, health)
-        await self._writer.put(
-            [Point(line, HEALTH_MEASUREMENT, topic, reading=False) for line in lines], done
-        )
+        if topic.endswith("/status"):
+            self.stats.status_updates += 1
+        await self._writer.put(points, done)
+
+    async def store_points(self, points: list[Point]) -> None:
+        """Write a replayed status or health message's points; return once durable."""
+        done, stored = _durable()
+        await self._writer.put(points, done)
+        await stored
 
     async def _refused_by_influx(self, points: list[Point], error: InfluxError) -> None:
         self.stats.rejected_readings["influx_refused"] += len(points)
@@ -388,6 +376,33 @@ class IngestService:
             await self._writer.put(
                 [Point(line, STATS_MEASUREMENT, "ingest/stats", reading=False) for line in lines]
             )
+
+
+def gateway_points(topic: str, payload: bytes, *, received_at: datetime) -> list[Point]:
+    """A gateway's status or health message as points, or MessageRejected (``bad_status``,
+    ``bad_health``): live messages and replayed dead letters take this one path.
+
+    ``received_at`` stamps a status without a time of its own (the last will).
+    """
+    if topic.endswith("/status"):
+        try:
+            site, gateway, _ = wire.parse_topic(topic)
+            status = wire.GatewayStatus.model_validate_json(payload)
+        except (wire.TopicError, ValidationError) as exc:
+            raise MessageRejected("bad_status", str(exc)) from None
+        line = status_to_line(site, gateway, status, received_at=received_at)
+        return [Point(line, STATUS_MEASUREMENT, topic, reading=False)]
+    try:
+        site, gateway, _ = wire.parse_topic(topic)
+        health = wire.GatewayHealth.model_validate_json(payload)
+        if (health.site, health.gateway) != (site, gateway):
+            raise ValueError(f"payload speaks for {health.site}/{health.gateway}")
+    except (wire.TopicError, ValidationError, ValueError) as exc:
+        raise MessageRejected("bad_health", str(exc)) from None
+    return [
+        Point(line, HEALTH_MEASUREMENT, topic, reading=False)
+        for line in health_to_lines(site, gateway, health)
+    ]
 
 
 def _settle_heap() -> None:
