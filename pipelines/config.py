@@ -155,6 +155,26 @@ class SpoolSettings(_Section):
         return path.with_name(f"{path.stem}-worker{worker}{path.suffix}")
 
 
+class SequenceSettings(_Section):
+    """A shared group's ledger of gateways' message numbers (pipelines/sequence_ledger.py)."""
+
+    path: Path | None = Field(
+        default=None,
+        description="Default: sequences.sqlite3 beside the dead-letter store; one file for all "
+        "workers of the group on a host. Used only with mqtt.shared_group",
+    )
+    grace_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A number no worker has received this long after a higher one arrived is "
+        "missing; covers a worker restarted (backoff up to 30 s) getting its queued share late. "
+        "A number that arrives later still stops counting as missing",
+    )
+
+    def path_for(self, dead_letters: Path) -> Path:
+        return self.path or dead_letters.with_name("sequences.sqlite3")
+
+
 Limits = tuple[float | None, float | None]
 """A site's [min, max] for one quantity; None leaves that side to the catalog."""
 
@@ -319,6 +339,7 @@ class IngestSettings(FileSettings):
     dead_letter: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    sequences: SequenceSettings = Field(default_factory=SequenceSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     derive: DeriveSettings = Field(default_factory=DeriveSettings)
     stats_interval_s: float = Field(default=10.0, gt=0, description="How often to log counters")

@@ -11,6 +11,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from pipelines.sequence_ledger import GroupFigures
 from pipelines.service import IngestService
 from pipelines.stats import WRITE_LATENCY_BUCKETS_S
 
@@ -96,7 +97,8 @@ class IngestCollector(Collector):
         )
         missing = GaugeMetricFamily(
             PREFIX + "sequence_missing",
-            "Gateway sequence numbers skipped and not seen since (always 0 for a shared worker)",
+            "Gateway sequence numbers skipped and not seen since (always 0 for a shared worker: "
+            "see ecotel_ingest_group_sequence_missing)",
             labels=["site", "gateway"],
         )
         for (site, gateway), count in sorted(sequences.repeats.items()):
@@ -104,6 +106,38 @@ class IngestCollector(Collector):
             missing.add_metric([site, gateway], sequences.missing(site, gateway))
         yield repeats
         yield missing
+        if service.ledger is not None:
+            yield from _group_sequences(service.ledger.view)
+
+
+def _group_sequences(view: dict[tuple[str, str], GroupFigures]) -> Iterator[Metric]:
+    """A shared group's figures (pipelines/sequence_ledger.py): every worker of the group shows
+    the same values, so take one worker's (or the max), never their sum."""
+    repeats = CounterMetricFamily(
+        PREFIX + "group_sequence_repeats",
+        "Whole shared group, the same on every worker: readings messages received more than "
+        "once by any of its workers",
+        labels=["site", "gateway"],
+    )
+    missing = GaugeMetricFamily(
+        PREFIX + "group_sequence_missing",
+        "Whole shared group, the same on every worker: gateway sequence numbers no worker "
+        "received within the grace (sequences.grace_s), and not since",
+        labels=["site", "gateway"],
+    )
+    judged = GaugeMetricFamily(
+        PREFIX + "group_sequence_judged_below",
+        "Whole shared group: every sequence number of the gateway below this one is judged",
+        labels=["site", "gateway"],
+    )
+    for (site, gateway), figures in sorted(view.items()):
+        repeats.add_metric([site, gateway], figures.repeats)
+        missing.add_metric([site, gateway], figures.missing)
+        if figures.judged_below is not None:
+            judged.add_metric([site, gateway], figures.judged_below)
+    yield repeats
+    yield missing
+    yield judged
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

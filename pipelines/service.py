@@ -33,6 +33,7 @@ from pipelines.line_protocol import (
 from pipelines.mqtt_consumer import MqttLinkError, MqttRefused, MqttSession
 from pipelines.quality import QualityChecker
 from pipelines.quality_history import load_quality_history
+from pipelines.sequence_ledger import SequenceLedger
 from pipelines.sequence_tracker import Seen, SequenceTracker
 from pipelines.site_limits import SiteLimits
 from pipelines.spool import Spool
@@ -66,6 +67,15 @@ class IngestService:
         self.stats = IngestStats()
         self.connected = asyncio.Event()
         self.sequences = SequenceTracker(shared=settings.mqtt.shared_group is not None)
+        # A shared group judges gaps together, from one ledger per host.
+        self.ledger = (
+            SequenceLedger(
+                settings.sequences.path_for(settings.dead_letter.path),
+                grace_s=settings.sequences.grace_s,
+            )
+            if settings.mqtt.shared_group is not None
+            else None
+        )
         validation = settings.validation
         self.quality = QualityChecker(validation.quality) if validation.quality.enabled else None
         self.checks = Checks(
@@ -113,13 +123,17 @@ class IngestService:
         )
         if mqtt.shared_group is not None:
             log.info(
-                "ingest: worker %s of shared group %s: gateways' missing messages are not "
-                "counted here, each worker sees only part of their numbers",
+                "ingest: worker %s of shared group %s: gateways' missing and repeated messages "
+                "are judged group-wide in %s",
                 mqtt.session_id,
                 mqtt.shared_group,
+                self.ledger.path if self.ledger is not None else None,
             )
-        async with self._dead_letters, asyncio.TaskGroup() as tasks:
+        ledger = self.ledger if self.ledger is not None else contextlib.nullcontext()
+        async with self._dead_letters, ledger, asyncio.TaskGroup() as tasks:
             helpers = []
+            if self.ledger is not None:
+                helpers.append(tasks.create_task(self.ledger.run()))
             if self.settings.api.enabled:
                 # Imported here: FastAPI and uvicorn load only when the API is on.
                 from pipelines.api_server import serve_api
@@ -287,7 +301,7 @@ class IngestService:
             await self.refuse_message(topic, payload, exc.rejection)
             done()
             return Outcome(refused=exc.rejection)
-        self._track_sequence(decoded.site, decoded.gateway, decoded.seq)
+        done = self._track_sequence(decoded.site, decoded.gateway, decoded.seq, done)
         self.stats.received += len(decoded.lines) + len(decoded.rejections)
         if decoded.rejections:
             for r in decoded.rejections:
@@ -315,7 +329,8 @@ class IngestService:
         await self._writer.put_chunks(chunks, done)
         return Outcome(stored=len(decoded.lines), rejections=decoded.rejections)
 
-    def _track_sequence(self, site: str, gateway: str, seq: int) -> None:
+    def _track_sequence(self, site: str, gateway: str, seq: int, done: Done) -> Done:
+        """Count the number; ``done`` as it must be called (in a group, once the ledger has it)."""
         before = self.sequences.missing(site, gateway)
         seen = self.sequences.observe(site, gateway, seq)
         if seen is Seen.REPEAT:
@@ -329,6 +344,9 @@ class IngestService:
                 self.sequences.missing(site, gateway),
             )
         self.stats.missing_messages += self.sequences.missing(site, gateway) - before
+        if self.ledger is not None:
+            return self.ledger.record(site, gateway, seq, done)
+        return done
 
     async def refuse_message(self, topic: str, payload: bytes, rejection: Rejection) -> None:
         """Count, log and dead-letter a message refused whole."""
@@ -362,14 +380,22 @@ class IngestService:
 
     def summary(self) -> str:
         """The counters in one line, saying when missing messages are not counted."""
+        if self.ledger is not None:
+            figures = self.ledger.view.values()
+            self.stats.group_repeated_messages = sum(f.repeats for f in figures)
+            self.stats.group_missing_messages = sum(f.missing for f in figures)
         summary = self.stats.summary()
         if self.settings.mqtt.shared_group is not None:
-            summary += " (shared subscription: missing_messages not counted)"
+            summary += (
+                " (shared subscription: missing_messages not counted per worker; group_* are "
+                f"the whole group {self.settings.mqtt.shared_group}'s)"
+            )
         return summary
 
     async def _log_stats(self) -> None:
         while True:
             await asyncio.sleep(self.settings.stats_interval_s)
+            # summary() also brings the group's sequence figures into the stats.
             log.info("ingest: %s pending=%d", self.summary(), self._writer.pending)
             # Stored too, for the fleet dashboard: rate, rejections by reason, write latency.
             lines = stats_to_lines(self.settings.mqtt.session_id, self.stats, datetime.now(UTC))

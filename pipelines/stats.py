@@ -28,6 +28,11 @@ class IngestStats:
     """Readings messages whose gateway sequence number was seen before (redeliveries)."""
     missing_messages: int = 0
     """Sequence numbers skipped by gateways and not (yet) seen: messages lost on the link."""
+    group_repeated_messages: int | None = None
+    """A shared group's worker: messages received more than once by any worker of the group
+    (pipelines/sequence_ledger.py; the same figure on every worker). None when not shared."""
+    group_missing_messages: int | None = None
+    """A shared group's worker: numbers no worker of the group received within the grace."""
     spooled: int = 0
     """Points put in the disk spool since start because InfluxDB could not take them."""
     spool_points: int = 0
@@ -64,5 +69,13 @@ class IngestStats:
             f"reasons={reasons or '{}'} batches={self.write_batches} retries={self.write_retries} "
             f"last_write={self.last_write_latency_s * 1000:.1f}ms "
             f"repeated_messages={self.repeated_messages} missing_messages={self.missing_messages} "
-            f"spool_points={self.spool_points}"
+            f"spool_points={self.spool_points}{self._group()}"
+        )
+
+    def _group(self) -> str:
+        if self.group_repeated_messages is None or self.group_missing_messages is None:
+            return ""
+        return (
+            f" group_repeated_messages={self.group_repeated_messages} "
+            f"group_missing_messages={self.group_missing_messages}"
         )

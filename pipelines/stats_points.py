@@ -29,6 +29,11 @@ def stats_to_lines(worker: str, stats: IngestStats, at: datetime) -> list[str]:
         "missing_messages": stats.missing_messages,
         "spool_points": stats.spool_points,
     }
+    if stats.group_repeated_messages is not None and stats.group_missing_messages is not None:
+        # The whole shared group's figures, the same from every worker: chart their max
+        # over the group's workers, not their sum.
+        numbers["group_repeated_messages"] = stats.group_repeated_messages
+        numbers["group_missing_messages"] = stats.group_missing_messages
     fields = ",".join(f"{k}={float(v)!r}" for k, v in numbers.items())
     lines = [f"{STATS_MEASUREMENT},{key} {fields} {ts}"]
     for reason, count in sorted((stats.rejected_readings + stats.rejected_messages).items()):

@@ -1,0 +1,360 @@
+"""The shared group's ledger of gateways' message numbers: one SQLite file per host, loss and repeats group-wide.
+
+Each worker of a shared subscription sees only part of every gateway's
+numbers, so none can judge gaps alone (pipelines/sequence_tracker.py). Here
+each records what it received, in batches, and any of them judges once the
+grace is over (pipelines/sequence_judge.py); every worker reads the same figures.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from collector.durable_sqlite import DurableSqlite
+from pipelines.acks import Done
+from pipelines.sequence_judge import Judged, bound, describe, judge
+
+log = logging.getLogger("ecotel.ingest.sequences")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateways (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    gateway TEXT NOT NULL,
+    baseline INTEGER,
+    watermark INTEGER,
+    repeats INTEGER NOT NULL DEFAULT 0,
+    missing INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (site, gateway)
+);
+CREATE TABLE IF NOT EXISTS seen (
+    gateway_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    copies INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (gateway_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS marks (
+    bucket INTEGER NOT NULL,
+    gateway_id INTEGER NOT NULL,
+    top INTEGER NOT NULL,
+    PRIMARY KEY (bucket, gateway_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lost (
+    gateway_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (gateway_id, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS seen_again AFTER UPDATE OF copies ON seen
+BEGIN
+    UPDATE gateways SET repeats = repeats + 1 WHERE id = NEW.gateway_id;
+END;
+"""
+# seen: numbers received and not yet judged, with how many copies came (a copy
+# beyond the first is a repeat, counted at once by the trigger). marks: per
+# second saved (bucket) and gateway, the highest number saved: once a bucket
+# is older than the grace, every number below its top that is still absent is
+# missing. lost: numbers judged missing, remembered so that a late one is found.
+
+FLUSH_INTERVAL_S = 0.5
+FLUSH_MESSAGES = 2_000
+MAX_REMEMBERED_LOST = 100_000
+"""Per gateway, as the single worker's tracker: beyond, the oldest count as lost for good."""
+
+
+@dataclass(frozen=True)
+class GroupFigures:
+    """One gateway as the whole group saw it, since the ledger was created."""
+
+    repeats: int
+    missing: int
+    judged_below: int | None
+    """Every number below this is judged; None before the first judgment."""
+
+
+class _Batch:
+    """Numbers received since the last save, and the PUBACKs waiting for them to be saved."""
+
+    __slots__ = ("numbers", "saved", "size", "waiting")
+
+    def __init__(self) -> None:
+        self.numbers: dict[tuple[str, str], list[int]] = {}
+        self.waiting: list[Done] = []
+        self.saved = False
+        self.size = 0
+
+
+class SequenceLedger(DurableSqlite):
+    """The numbers the workers of one group on one host received; the group's figures in ``view``.
+
+    ``record`` is all a message costs the event loop (a list append and a
+    closure); ``run`` saves every ``flush_interval_s`` in one transaction, and
+    judges what has waited ``grace_s``. A message's PUBACK waits until its
+    number is saved, so a kill -9 cannot lose a number the broker will not
+    deliver again (it would count as missing). A save that fails (the file
+    locked beyond the busy timeout, a full disk) is retried: those PUBACKs wait.
+    """
+
+    schema = _SCHEMA
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        grace_s: float,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        flush_messages: int = FLUSH_MESSAGES,
+        max_lost: int = MAX_REMEMBERED_LOST,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(path)
+        self.grace_s = grace_s
+        self.flush_interval_s = flush_interval_s
+        self.flush_messages = flush_messages
+        self.max_lost = max_lost
+        # Wall-clock time: the buckets are compared across the workers' processes.
+        self.clock = clock
+        self.view: dict[tuple[str, str], GroupFigures] = {}
+        self._batch = _Batch()
+        self._unsaved: list[_Batch] = []
+        self._soon = asyncio.Event()
+        self._ids: dict[tuple[str, str], int] = {}
+        self._watermarks: dict[int, int] = {}
+
+    async def opened(self) -> None:
+        await self.refresh_view()
+
+    def record(self, site: str, gateway: str, seq: int, done: Done) -> Done:
+        """Note a received number; returns ``done`` held back until the number is saved."""
+        batch = self._batch
+        numbers = batch.numbers.get((site, gateway))
+        if numbers is None:
+            numbers = batch.numbers[(site, gateway)] = []
+        numbers.append(seq)
+        batch.size += 1
+        if batch.size >= self.flush_messages:
+            self._soon.set()
+
+        def saved() -> None:
+            if batch.saved:
+                done()
+            else:
+                batch.waiting.append(done)
+                # Its readings are durable: save now rather than hold the PUBACK.
+                self._soon.set()
+
+        return saved
+
+    async def run(self) -> None:
+        """Save, judge and refresh ``view`` until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._soon.wait()
+            self._soon.clear()
+            try:
+                await self.flush()
+                await self.refresh_view()
+            except sqlite3.Error as exc:
+                log.warning(
+                    "sequence ledger %s: %s; retrying (PUBACKs wait for it)", self.path, exc
+                )
+
+    async def flush(self) -> None:
+        """Save the numbers received so far and judge what is due, in one transaction."""
+        if self._batch.size:
+            self._unsaved.append(self._batch)
+            self._batch = _Batch()
+        now = self.clock()
+        # A bucket holds numbers saved within [bucket, bucket + 1): older than the grace
+        # once bucket + 1 <= now - grace.
+        due_bucket = math.floor(now - self.grace_s) - 1
+        if not self._unsaved and not await self._any_due(due_bucket):
+            return
+        batches = self._unsaved
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            below = await self._save(batches, math.floor(now))
+            async with db.execute(
+                "SELECT gateway_id, max(top) FROM marks WHERE bucket <= ? GROUP BY gateway_id",
+                (due_bucket,),
+            ) as cur:
+                due = {int(gid): int(top) for gid, top in await cur.fetchall()}
+            await db.execute("DELETE FROM marks WHERE bucket <= ?", (due_bucket,))
+            for gid in sorted(due.keys() | below):
+                await self._judge(gid, due.get(gid))
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            # Ids and watermarks learnt in the transaction may be gone with it.
+            self._ids.clear()
+            self._watermarks.clear()
+            raise
+        self._unsaved = []
+        for batch in batches:
+            batch.saved = True
+            for done in batch.waiting:
+                done()
+            batch.waiting.clear()
+
+    async def refresh_view(self) -> None:
+        """Read every gateway's figures, as the whole group's workers saved and judged them."""
+        async with self.db.execute(
+            "SELECT id, site, gateway, repeats, missing, watermark FROM gateways"
+        ) as cur:
+            rows = await cur.fetchall()
+        view = {}
+        for gid, site, gateway, repeats, missing, watermark in rows:
+            judged = None if watermark is None else int(watermark)
+            view[(str(site), str(gateway))] = GroupFigures(int(repeats), int(missing), judged)
+            if judged is not None:
+                # Other workers judge too: a late number below their watermark is judged
+                # at once here as well.
+                self._watermarks[int(gid)] = judged
+        self.view = view
+
+    async def missing_numbers(self, site: str, gateway: str) -> list[int]:
+        """The remembered numbers of a gateway judged missing (at most ``max_lost``)."""
+        async with self.db.execute(
+            "SELECT l.seq FROM lost l JOIN gateways g ON g.id = l.gateway_id "
+            "WHERE g.site = ? AND g.gateway = ? ORDER BY l.seq",
+            (site, gateway),
+        ) as cur:
+            return [int(row[0]) for row in await cur.fetchall()]
+
+    async def _any_due(self, due_bucket: int) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM marks WHERE bucket <= ? LIMIT 1", (due_bucket,)
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def _save(self, batches: list[_Batch], bucket: int) -> set[int]:
+        """Insert the batches' numbers and marks; the gateways that got a number already judged."""
+        merged: dict[tuple[str, str], list[int]] = {}
+        for batch in batches:
+            for key, numbers in batch.numbers.items():
+                merged.setdefault(key, []).extend(numbers)
+        rows: list[tuple[int, int]] = []
+        marks: list[tuple[int, int, int]] = []
+        below: set[int] = set()
+        for key, numbers in merged.items():
+            gid = self._ids.get(key)
+            if gid is None:
+                gid = self._ids[key] = await self._gateway_id(key)
+            rows.extend([(gid, n) for n in numbers])
+            marks.append((bucket, gid, max(numbers)))
+            watermark = self._watermarks.get(gid)
+            if watermark is not None and min(numbers) < watermark:
+                # A late or repeated number below what is judged: judge it now, no grace.
+                below.add(gid)
+        await self.db.executemany(
+            "INSERT INTO seen (gateway_id, seq) VALUES (?, ?) "
+            "ON CONFLICT DO UPDATE SET copies = copies + 1",
+            rows,
+        )
+        await self.db.executemany(
+            "INSERT INTO marks (bucket, gateway_id, top) VALUES (?, ?, ?) "
+            "ON CONFLICT DO UPDATE SET top = max(top, excluded.top)",
+            marks,
+        )
+        return below
+
+    async def _gateway_id(self, key: tuple[str, str]) -> int:
+        await self.db.execute(
+            "INSERT INTO gateways (site, gateway) VALUES (?, ?) ON CONFLICT DO NOTHING", key
+        )
+        async with self.db.execute(
+            "SELECT id, watermark FROM gateways WHERE site = ? AND gateway = ?", key
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None  # inserted just above, in this transaction
+        if row[1] is not None:
+            self._watermarks[int(row[0])] = int(row[1])
+        return int(row[0])
+
+    async def _judge(self, gid: int, upto: int | None) -> None:
+        db = self.db
+        async with db.execute(
+            "SELECT site, gateway, baseline, watermark FROM gateways WHERE id = ?", (gid,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return
+        site, gateway, baseline, watermark = row
+        judged = None if watermark is None else Judged(int(baseline), int(watermark))
+        top = bound(judged, upto)
+        if top is None:
+            return
+        async with db.execute(
+            "SELECT seq FROM seen WHERE gateway_id = ? AND seq <= ?", (gid, top)
+        ) as cur:
+            received = [int(r[0]) for r in await cur.fetchall()]
+        lost: set[int] = set()
+        if judged is not None:
+            async with db.execute(
+                "SELECT l.seq FROM lost l JOIN seen s ON s.gateway_id = l.gateway_id "
+                "AND s.seq = l.seq WHERE l.gateway_id = ? AND l.seq < ?",
+                (gid, judged.watermark),
+            ) as cur:
+                lost = {int(r[0]) for r in await cur.fetchall()}
+        verdict = judge(judged, received, lost, upto)
+        if verdict is None:
+            return
+        await db.execute(
+            "DELETE FROM seen WHERE gateway_id = ? AND seq < ?", (gid, verdict.judged.watermark)
+        )
+        if verdict.found:
+            await db.executemany(
+                "DELETE FROM lost WHERE gateway_id = ? AND seq = ?",
+                [(gid, n) for n in verdict.found],
+            )
+        if verdict.gaps:
+            await db.executemany(
+                "INSERT OR IGNORE INTO lost (gateway_id, seq) VALUES (?, ?)",
+                [(gid, n) for n in _latest(verdict.gaps, self.max_lost)],
+            )
+            await db.execute(
+                "DELETE FROM lost WHERE gateway_id = ?1 AND seq < (SELECT seq FROM lost "
+                "WHERE gateway_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                (gid, self.max_lost - 1),
+            )
+        missing = verdict.missing - len(verdict.found)
+        await db.execute(
+            "UPDATE gateways SET baseline = ?, watermark = ?, repeats = repeats + ?, "
+            "missing = missing + ? WHERE id = ?",
+            (verdict.judged.baseline, verdict.judged.watermark, verdict.repeats, missing, gid),
+        )
+        self._watermarks[gid] = verdict.judged.watermark
+        if verdict.gaps:
+            log.warning(
+                "gateway %s at %s: messages %s missing (the whole group: none received them "
+                "within %g s)",
+                gateway,
+                site,
+                describe(verdict.gaps),
+                self.grace_s,
+            )
+        if verdict.found:
+            log.info(
+                "gateway %s at %s: messages %s arrived late, no longer missing",
+                gateway,
+                site,
+                describe([range(n, n + 1) for n in verdict.found]),
+            )
+
+
+def _latest(gaps: list[range], limit: int) -> list[int]:
+    """The highest ``limit`` numbers of the gaps (ascending ranges)."""
+    numbers: list[int] = []
+    for gap in reversed(gaps):
+        take = gap[-(limit - len(numbers)) :]
+        numbers.extend(take)
+        if len(numbers) >= limit:
+            break
+    return numbers
