@@ -350,7 +350,8 @@ async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
                 if result.new_dead_letters:
                     line += f", {result.new_dead_letters} refused again as new dead letters"
             elif result.reason is not None:
-                line += f" {result.reason}: {(result.detail or '')[:100]}"
+                # One line per letter: a validation error's detail spans several.
+                line += f" {result.reason}: {' '.join((result.detail or '').split())[:100]}"
             print(line)
         # The windows the stored readings touched: recomputed before this command ends.
         windows = await service.derive.recompute_marked()

@@ -179,6 +179,20 @@ async def test_a_refused_message_is_dead_lettered_and_shown_with_its_exact_bytes
         assert big.status_code == 413
 
 
+async def test_a_path_level_that_is_no_name_is_a_bad_topic(api: Api) -> None:
+    async with api.client() as http:
+        response = await http.post(f"/v1/readings/%24bad/{GW}", content=_message(5, _hydro(5)))
+        assert response.status_code == 422, response.text
+        assert response.json()["reason"] == "bad_topic"
+        assert "'$bad'" in response.json()["detail"]
+        page = (await http.get("/v1/dead-letters", params={"reason": "bad_topic"})).json()
+        [letter] = page["items"]
+        assert letter["topic"] == f"ecotel/v1/$bad/{GW}/readings"
+        assert letter["whole_message"]
+        report = (await http.post("/v1/dead-letters/replay", json={"ids": [letter["id"]]})).json()
+    assert [(r["outcome"], r["reason"]) for r in report["results"]] == [("refused", "bad_topic")]
+
+
 async def test_dead_letters_page_and_replay_stores_what_passes_now(api: Api) -> None:
     soon = datetime.now(UTC) + timedelta(seconds=5)
     async with api.client() as http:
