@@ -27,10 +27,10 @@ from pipelines.api_models import (
 )
 from pipelines.config import ApiToken
 from pipelines.dead_letter import DeadLetter
+from pipelines.decode import topic_problem
 from pipelines.metrics import render_metrics
 from pipelines.replay import replay
 from pipelines.service import IngestService, Outcome
-from pipelines.topic_names import bad_topic
 
 _bearer = HTTPBearer(auto_error=False, description="A token of api.tokens")
 
@@ -154,7 +154,7 @@ def build_app(service: IngestService) -> FastAPI:
             if len(payload) > limit:
                 raise _Refused(413, f"more than {limit} bytes (mqtt.max_message_bytes)")
         topic = wire.readings_topic(site, gateway)
-        unnamed = bad_topic(topic)
+        unnamed = topic_problem(topic)
         if unnamed is not None:
             # No gateway could publish there: refused whole and kept, as other refusals are.
             await service.refuse_message(topic, bytes(payload), unnamed)

@@ -1,16 +1,18 @@
 """Turn one MQTT message into line-protocol points, or say precisely why it (or a reading) is refused."""
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Annotated, Any, Literal, Union, cast
 
 from pydantic import Field, JsonValue, ValidationError, create_model
 
 from collector import wire
 from devices import KINDS, CatalogError, KindValues, Reading, check_values
+from devices.identifiers import IDENTIFIER_PATTERN
 from devices.kind import ChannelSpec
 from pipelines.line_protocol import to_line
 from pipelines.quality import QualityChecker
@@ -115,10 +117,10 @@ def decode_readings(
     """
     if len(payload) > max_bytes:
         raise MessageRejected("too_large", f"{len(payload)} bytes, limit {max_bytes}")
-    try:
-        site, gateway, _ = wire.parse_topic(topic)
-    except wire.TopicError as exc:
-        raise MessageRejected("bad_topic", str(exc)) from None
+    unnamed = topic_problem(topic)
+    if unnamed is not None:
+        raise MessageRejected(unnamed.reason, unnamed.detail)
+    site, gateway, _ = wire.parse_topic(topic)
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -142,6 +144,37 @@ def decode_readings(
     decoded = DecodedReadings(site=site, gateway=gateway, seq=envelope.seq)
     check_readings(decoded, envelope.readings, checks)
     return decoded
+
+
+def topic_problem(topic: str) -> Rejection | None:
+    """``bad_topic`` if no gateway could speak on ``topic``: not ecotel/v1/<site>/<gateway>/<leaf>,
+    or a site or gateway level that is not a name, which no payload could ever match."""
+    try:
+        site, gateway, _ = wire.parse_topic(topic)
+    except wire.TopicError as exc:
+        return Rejection("bad_topic", str(exc))
+    problem = _level_problem(site, gateway)
+    return (
+        None
+        if problem is None
+        else Rejection("bad_topic", f"{problem} of topic {topic!r} {_NAMES}")
+    )
+
+
+_NAME = re.compile(IDENTIFIER_PATTERN)
+_NAMES = (
+    "is not a name (1-64 characters, no control characters, / + # \\, no leading $, no blank edges)"
+)
+
+
+@lru_cache(maxsize=4_096)
+def _level_problem(site: str, gateway: str) -> str | None:
+    # Cached: the same few gateways speak in every message.
+    for part, level in (("site", site), ("gateway", gateway)):
+        # fullmatch: the pattern's '$' would also match before a final newline.
+        if _NAME.fullmatch(level) is None:
+            return f"{part} {level!r}"
+    return None
 
 
 def check_readings(decoded: DecodedReadings, readings: list[JsonValue], checks: Checks) -> None:

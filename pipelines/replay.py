@@ -9,13 +9,18 @@ from pydantic import JsonValue
 
 from collector import wire
 from pipelines.dead_letter import DeadLetter
-from pipelines.decode import DecodedReadings, MessageRejected, check_readings, decode_readings
+from pipelines.decode import (
+    DecodedReadings,
+    MessageRejected,
+    check_readings,
+    decode_readings,
+    topic_problem,
+)
 from pipelines.derive_config import DeriveSettings
 from pipelines.derive_state import WindowKey
 from pipelines.derive_windows import keys_for_reading
 from pipelines.line_series import parse_series
 from pipelines.service import IngestService, gateway_points
-from pipelines.topic_names import bad_topic
 
 log = logging.getLogger("ecotel.ingest.replay")
 
@@ -59,7 +64,7 @@ async def replay(service: IngestService, letter_id: int) -> Replayed:
 
 async def _replay_readings(service: IngestService, letter: DeadLetter) -> Replayed:
     store = service.dead_letters
-    unnamed = bad_topic(letter.topic)
+    unnamed = topic_problem(letter.topic)
     if unnamed is not None:
         return await _refused(service, letter, unnamed.reason, unnamed.detail)
     try:

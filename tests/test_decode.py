@@ -63,6 +63,9 @@ def test_a_message_built_by_the_collector_decodes_to_its_points() -> None:
         (TOPIC, b"x" * 2000, "too_large"),
         ("ecotel/v1/site/readings", _message(_reading()), "bad_topic"),
         ("other/v1/沱沱河 站/gw 1/readings", _message(_reading()), "bad_topic"),
+        # Levels no payload could name: a leading $, a blank edge.
+        ("ecotel/v1/$bad/gw 1/readings", _message(_reading(), site="$bad"), "bad_topic"),
+        ("ecotel/v1/沱沱河 站/gw 1 /readings", _message(_reading()), "bad_topic"),
         (TOPIC, b"\xff\xfe{}", "not_utf8"),
         (TOPIC, b'{"schema": 1, "gateway": ', "bad_json"),
         (TOPIC, b"[1, 2]", "bad_envelope"),
