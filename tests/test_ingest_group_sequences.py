@@ -17,6 +17,7 @@ import pytest
 
 from collector import wire
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port
+from pipelines.influx_query import influx_query
 from pipelines.sequence_ledger import GroupFigures, SequenceLedger
 
 GRACE_S = 10.0
@@ -161,6 +162,16 @@ async def _until(ports: list[int], name: str, wanted: dict[str, float]) -> None:
         raise AssertionError(f"{name}: {seen}, wanted {wanted} on every worker") from None
 
 
+async def _stats_fields(url: str, database: str) -> list[tuple[float, float]]:
+    series = await influx_query(
+        url,
+        "SELECT last(group_repeated_messages), last(group_missing_messages) FROM ingest_stats "
+        'GROUP BY "worker"',
+        database=database,
+    )
+    return [(s.values[0][1], s.values[0][2]) for s in series]
+
+
 async def _wait_log(path: Path, pattern: str, count: int) -> None:
     """Until the supervisor's log (its workers' too) has ``count`` matches of ``pattern``."""
     async with asyncio.timeout(30):
@@ -220,6 +231,10 @@ async def test_three_workers_report_exactly_the_skipped_and_repeated_numbers(
                 await _until(ports, "group_sequence_repeats_total", {GW: len(TWICE), CLEAN_GW: 0})
             # The counters line of every worker carries the group's totals.
             await _wait_log(log_path, r"group_missing_messages=2\b", WORKERS)
+            # And so do the ingest_stats points of the fleet dashboard, one series per worker.
+            async with asyncio.timeout(10):
+                while await _stats_fields(influxdb.url, database) != [(3.0, 2.0)] * WORKERS:  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)
         finally:
             supervisor.send_signal(signal.SIGTERM)
             async with asyncio.timeout(30):
