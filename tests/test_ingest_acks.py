@@ -75,15 +75,27 @@ async def _publish(port: int) -> None:
 
 
 async def _resume_session(port: int, client_id: str) -> int:
-    count = 0
-    async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, clean_session=False) as c:
+    """How many messages the broker still owes ``client_id``'s persistent session."""
+    count = 0  # across attempts: what a failed connection received was acknowledged
+    for attempt in range(3):
         try:
-            async with asyncio.timeout(2.0):
-                async for _ in c.messages:
-                    count += 1
-        except TimeoutError:
-            pass
-    return count
+            async with aiomqtt.Client(
+                "127.0.0.1", port, identifier=client_id, clean_session=False
+            ) as c:
+                try:
+                    async with asyncio.timeout(2.0):
+                        async for _ in c.messages:
+                            count += 1
+                except TimeoutError:
+                    pass
+            return count
+        except aiomqtt.MqttError:
+            # Seen once in a full CI run: aiomqtt's connect raced its own socket (asyncio
+            # add_writer on a closed fd) and timed out. Unacknowledged messages of a failed
+            # connection stay owed, so the next attempt still counts them.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def test_kill_9_of_the_ingest_loses_no_reading(
