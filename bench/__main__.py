@@ -1,4 +1,4 @@
-"""``python -m bench [decode|stack|ingest|gateway-*|trace|derive] ...``: run a benchmark, print its figures."""
+"""``python -m bench [decode|stack|ingest|gateway-*|trace|derive|ledger] ...``: run a benchmark, print its figures."""
 
 import argparse
 import sys
@@ -15,6 +15,7 @@ def _ints(text: str) -> list[int]:
 _OWN_OPTIONS = {
     "trace": ("bench.trace_replay", "trace replay flat out into a local broker, QoS 0 and 1"),
     "derive": ("bench.derive_windows", "derived analytics: cost per reading and per window"),
+    "ledger": ("bench.sequence_ledger_cost", "a shared group's sequence ledger: cost per message"),
 }
 
 
