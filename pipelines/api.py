@@ -27,10 +27,9 @@ from pipelines.api_models import (
 )
 from pipelines.config import ApiToken
 from pipelines.dead_letter import DeadLetter
-from pipelines.decode import topic_problem
 from pipelines.metrics import render_metrics
 from pipelines.replay import replay
-from pipelines.service import IngestService, Outcome
+from pipelines.service import IngestService
 
 _bearer = HTTPBearer(auto_error=False, description="A token of api.tokens")
 
@@ -153,14 +152,8 @@ def build_app(service: IngestService) -> FastAPI:
             payload += chunk
             if len(payload) > limit:
                 raise _Refused(413, f"more than {limit} bytes (mqtt.max_message_bytes)")
-        topic = wire.readings_topic(site, gateway)
-        unnamed = topic_problem(topic)
-        if unnamed is not None:
-            # No gateway could publish there: refused whole and kept, as other refusals are.
-            await service.refuse_message(topic, bytes(payload), unnamed)
-            outcome = Outcome(refused=unnamed)
-        else:
-            outcome = await service.submit(topic, bytes(payload))
+        # A path level that is no name is bad_topic, refused and kept as over MQTT.
+        outcome = await service.submit(wire.readings_topic(site, gateway), bytes(payload))
         if outcome.refused is not None:
             refusal = MessageRefusal(reason=outcome.refused.reason, detail=outcome.refused.detail)
             return JSONResponse(refusal.model_dump(), status_code=422)

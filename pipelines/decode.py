@@ -117,10 +117,7 @@ def decode_readings(
     """
     if len(payload) > max_bytes:
         raise MessageRejected("too_large", f"{len(payload)} bytes, limit {max_bytes}")
-    unnamed = topic_problem(topic)
-    if unnamed is not None:
-        raise MessageRejected(unnamed.reason, unnamed.detail)
-    site, gateway, _ = wire.parse_topic(topic)
+    site, gateway = named_topic(topic)
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -146,19 +143,18 @@ def decode_readings(
     return decoded
 
 
-def topic_problem(topic: str) -> Rejection | None:
-    """``bad_topic`` if no gateway could speak on ``topic``: not ecotel/v1/<site>/<gateway>/<leaf>,
-    or a site or gateway level that is not a name, which no payload could ever match."""
+def named_topic(topic: str) -> tuple[str, str]:
+    """The site and gateway of ``topic``, or MessageRejected ``bad_topic`` if no gateway could
+    speak on it: not ecotel/v1/<site>/<gateway>/<leaf>, or a site or gateway level that is
+    not a name, which no payload could ever match."""
     try:
         site, gateway, _ = wire.parse_topic(topic)
     except wire.TopicError as exc:
-        return Rejection("bad_topic", str(exc))
+        raise MessageRejected("bad_topic", str(exc)) from None
     problem = _level_problem(site, gateway)
-    return (
-        None
-        if problem is None
-        else Rejection("bad_topic", f"{problem} of topic {topic!r} {_NAMES}")
-    )
+    if problem is not None:
+        raise MessageRejected("bad_topic", f"{problem} of topic {topic!r} {_NAMES}")
+    return site, gateway
 
 
 _NAME = re.compile(IDENTIFIER_PATTERN)

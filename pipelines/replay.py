@@ -7,14 +7,13 @@ from typing import Literal
 
 from pydantic import JsonValue
 
-from collector import wire
 from pipelines.dead_letter import DeadLetter
 from pipelines.decode import (
     DecodedReadings,
     MessageRejected,
     check_readings,
     decode_readings,
-    topic_problem,
+    named_topic,
 )
 from pipelines.derive_config import DeriveSettings
 from pipelines.derive_state import WindowKey
@@ -64,9 +63,6 @@ async def replay(service: IngestService, letter_id: int) -> Replayed:
 
 async def _replay_readings(service: IngestService, letter: DeadLetter) -> Replayed:
     store = service.dead_letters
-    unnamed = topic_problem(letter.topic)
-    if unnamed is not None:
-        return await _refused(service, letter, unnamed.reason, unnamed.detail)
     try:
         decoded = _decode(service, letter)
     except MessageRejected as exc:
@@ -104,7 +100,7 @@ def _decode(service: IngestService, letter: DeadLetter) -> DecodedReadings:
             max_bytes=service.settings.mqtt.max_message_bytes,
             checks=service.checks,
         )
-    site, gateway, _ = wire.parse_topic(letter.topic)  # checked by bad_topic
+    site, gateway = named_topic(letter.topic)
     decoded = DecodedReadings(site=site, gateway=gateway, seq=0)
     reading: JsonValue = letter.reading
     check_readings(decoded, [reading], service.checks)

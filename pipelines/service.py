@@ -298,7 +298,7 @@ class IngestService:
                 topic, payload, max_bytes=self.settings.mqtt.max_message_bytes, checks=self.checks
             )
         except MessageRejected as exc:
-            await self.refuse_message(topic, payload, exc.rejection)
+            await self._refuse_message(topic, payload, exc.rejection)
             done()
             return Outcome(refused=exc.rejection)
         done = self._track_sequence(decoded.site, decoded.gateway, decoded.seq, done)
@@ -348,7 +348,7 @@ class IngestService:
             return self.ledger.record(site, gateway, seq, done)
         return done
 
-    async def refuse_message(self, topic: str, payload: bytes, rejection: Rejection) -> None:
+    async def _refuse_message(self, topic: str, payload: bytes, rejection: Rejection) -> None:
         """Count, log and dead-letter a message refused whole."""
         self.stats.rejected_messages[rejection.reason] += 1
         log.warning("rejected message on %s: %s: %s", topic, rejection.reason, rejection.detail)
@@ -358,7 +358,7 @@ class IngestService:
         try:
             points = gateway_points(topic, payload, received_at=datetime.now(UTC))
         except MessageRejected as exc:
-            await self.refuse_message(topic, payload, exc.rejection)
+            await self._refuse_message(topic, payload, exc.rejection)
             done()
             return
         if topic.endswith("/status"):
