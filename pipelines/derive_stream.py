@@ -18,7 +18,7 @@ from pipelines.derive_config import DeriveSettings
 from pipelines.derive_points import SOURCE_KINDS, derived_line
 from pipelines.derive_range import rewrite_window
 from pipelines.derive_state import DirtyWindows, WindowKey
-from pipelines.derive_windows import WindowDeriver, keys_for_reading
+from pipelines.derive_windows import WindowDeriver, keys_for_reading, window_kinds
 from pipelines.influx_writer import Done, InfluxError, InfluxWriter
 from pipelines.points import Point
 
@@ -41,11 +41,7 @@ class Deriver:
         # More than two full batches waiting: the writer is not keeping up (a backlog).
         self._behind_points = 2 * ingest.batch.max_points
         self._state = DirtyWindows(state)
-        # The only kinds keys_for_reading can find windows for: the others skip the call.
-        self._window_kinds = frozenset(
-            {"traffic_detector"}
-            | ({"energy_meter"} | settings.water_kinds if settings.datacenters else set())
-        )
+        self._window_kinds = window_kinds(settings)
         self._written: list[tuple[set[WindowKey], Done]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

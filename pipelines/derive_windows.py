@@ -285,6 +285,13 @@ def _starts(epoch_s: float, offset_s: int, windows: tuple[Window, ...]) -> list[
     ]
 
 
+def window_kinds(settings: DeriveSettings) -> frozenset[str]:
+    """The kinds keys_for_reading can find windows for: the others need not ask it."""
+    if not settings.datacenters:
+        return frozenset({"traffic_detector"})
+    return frozenset({"traffic_detector", "energy_meter"} | settings.water_kinds)
+
+
 def keys_for_reading(
     settings: DeriveSettings, site: str, kind: str, device: str, at: datetime
 ) -> set[WindowKey]:

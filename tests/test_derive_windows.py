@@ -17,12 +17,19 @@ import pytest
 import pytest_asyncio
 
 from deploy.servers import InfluxServer
+from devices import KINDS
 from pipelines.analytics.energy import Window
 from pipelines.config import InfluxSettings, IngestSettings
 from pipelines.derive_config import DeriveSettings
 from pipelines.derive_range import rewrite_window
 from pipelines.derive_state import WindowKey
-from pipelines.derive_windows import DATACENTER, TRAFFIC, WindowDeriver
+from pipelines.derive_windows import (
+    DATACENTER,
+    TRAFFIC,
+    WindowDeriver,
+    keys_for_reading,
+    window_kinds,
+)
 from pipelines.influx_query import influx_query
 from pipelines.influx_writer import InfluxWriter
 from pipelines.stats import IngestStats
@@ -64,6 +71,18 @@ DERIVE: dict[str, Any] = {
         }
     ]
 }
+
+
+@pytest.mark.parametrize("derive", [{}, DERIVE], ids=["no datacenter", "datacenter"])
+def test_a_kind_outside_window_kinds_has_no_windows(derive: dict[str, Any]) -> None:
+    # The ingest asks keys_for_reading only about window_kinds: the two must agree.
+    settings = DeriveSettings.model_validate(derive)
+    kinds = window_kinds(settings)
+    for kind in set(KINDS) | {"water_meter"}:
+        for device in ("m1", "wm-1"):
+            keys = keys_for_reading(settings, SITE, kind, device, T0)
+            assert bool(keys) <= (kind in kinds), kind
+    assert ("water_meter" in kinds) == bool(derive)
 
 
 def _ns(moment: datetime) -> int:
