@@ -80,6 +80,29 @@ async def test_two_workers_judge_one_gateway_together(tmp_path: Path) -> None:
         assert again.view == {("s", "g"): GroupFigures(2, 2, 13)}
 
 
+async def test_gateways_judged_together_keep_their_own_numbers(tmp_path: Path) -> None:
+    clock = _Clock()
+    async with SequenceLedger(tmp_path / "l.sqlite3", grace_s=GRACE_S, clock=clock) as ledger:
+        # One judgment for three gateways: each one's gaps, late numbers and repeats are its own.
+        await _save(ledger, 0, 2, 4, gateway="a")
+        await _save(ledger, 10, 11, 11, 15, gateway="b")
+        await _save(ledger, 3, gateway="c")
+        clock.now += GRACE_S + 1.5
+        await _save(ledger)
+        assert ledger.view == {
+            ("s", "a"): GroupFigures(0, 2, 5),
+            ("s", "b"): GroupFigures(1, 3, 16),
+            ("s", "c"): GroupFigures(0, 0, 4),
+        }
+        await _save(ledger, 1, gateway="a")
+        await _save(ledger, 13, 10, gateway="b")
+        assert await ledger.missing_numbers("s", "a") == [3]
+        assert await ledger.missing_numbers("s", "b") == [12, 14]
+        assert ledger.view[("s", "a")] == GroupFigures(0, 1, 5)
+        assert ledger.view[("s", "b")] == GroupFigures(2, 2, 16)
+        assert ledger.view[("s", "c")] == GroupFigures(0, 0, 4)
+
+
 async def test_a_pubacks_waits_for_its_number_to_be_saved(tmp_path: Path) -> None:
     acked: list[int] = []
     async with SequenceLedger(tmp_path / "l.sqlite3", grace_s=GRACE_S) as ledger:
