@@ -9,10 +9,8 @@ from pathlib import Path
 
 from pipelines.sequence_ledger import SequenceLedger
 
-GATEWAYS = 20
 
-
-async def measure(total: int, per_flush: int) -> None:
+async def measure(total: int, per_flush: int, gateways: int) -> None:
     clock = [1_000_000.0]
     with tempfile.TemporaryDirectory() as tmp:
         async with SequenceLedger(
@@ -24,14 +22,14 @@ async def measure(total: int, per_flush: int) -> None:
                 nonlocal acked
                 acked += 1
 
-            keys = [("site", f"gw-{g}") for g in range(GATEWAYS)]
+            keys = [("site", f"gw-{g}") for g in range(gateways)]
             record_s = save_cpu = save_wall = 0.0
             for start in range(0, total, per_flush):
                 t0 = time.perf_counter()
                 gated = []
                 for i in range(start, min(start + per_flush, total)):
-                    site, gw = keys[i % GATEWAYS]
-                    gated.append(ledger.record(site, gw, i // GATEWAYS, done))
+                    site, gw = keys[i % gateways]
+                    gated.append(ledger.record(site, gw, i // gateways, done))
                 for g in gated:
                     g()  # the writer's done: waits for the save
                 record_s += time.perf_counter() - t0
@@ -48,7 +46,7 @@ async def measure(total: int, per_flush: int) -> None:
             await ledger.refresh_view()
             assert sum(f.missing for f in ledger.view.values()) == 0
     us = 1e6 / total
-    print(f"{total} messages, {GATEWAYS} gateways, {per_flush} per save:")
+    print(f"{total} messages, {gateways} gateways, {per_flush} per save:")
     print(f"  event loop (record + PUBACK release): {record_s * us:.2f} us/message")
     print(
         f"  save (CPU, all threads):              {save_cpu * us:.2f} us/message ({save_wall * us:.2f} wall)"
@@ -62,8 +60,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench ledger", description=__doc__)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--per-save", type=int, default=1_000, help="numbers per save")
+    # Judging costs per gateway judged as well as per number: try a fleet's size.
+    parser.add_argument("--gateways", type=int, default=20)
     args = parser.parse_args()
-    asyncio.run(measure(args.messages, args.per_save))
+    asyncio.run(measure(args.messages, args.per_save, args.gateways))
 
 
 if __name__ == "__main__":
