@@ -14,15 +14,18 @@ from pipelines.analytics.road_safety import (
     IcingLevel,
     IcingReason,
     LaneCount,
+    LaneTotals,
     VisibilityTier,
     congestion_level,
     dew_point,
     flow_rate_per_hour,
     icing_risk,
     lane_flow_rate,
+    lane_totals,
     low_visibility_rule,
     road_icing_risk,
     site_flow,
+    site_flow_of_totals,
 )
 
 
@@ -198,3 +201,55 @@ def test_site_flow_refuses_an_empty_window_and_bad_counts() -> None:
         site_flow([], 900)
     with pytest.raises(ValueError, match="occupancy"):
         site_flow([_lane("1", 1, 120.0)], 900)
+
+
+_COUNTS = st.lists(
+    st.builds(
+        LaneCount,
+        lane=st.sampled_from(["1", "2", "3"]),
+        interval_s=st.sampled_from([20.0, 60.0, 300.0]),
+        volume=st.floats(0, 200),
+        occupancy=st.floats(0, 100),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(_COUNTS, st.sampled_from([900.0, 3600.0]))
+def test_a_window_from_lane_sums_is_the_window_from_its_readings(
+    counts: list[LaneCount], window_s: float
+) -> None:
+    # What InfluxDB's sums per lane give (pipelines/derive_windows.py), summed here in
+    # another order: the figures agree to rounding.
+    by_lane: dict[str, list[LaneCount]] = {}
+    for c in counts:
+        by_lane.setdefault(c.lane, []).append(c)
+    summed = [
+        LaneTotals(
+            lane=lane,
+            covered_s=sum(c.interval_s for c in reversed(rows)),
+            vehicles=sum(c.volume for c in reversed(rows)),
+            shortest_s=min(c.interval_s for c in rows),
+            occupancy_s=sum(c.occupancy * c.interval_s for c in reversed(rows)),
+        )
+        for lane, rows in by_lane.items()
+    ]
+    direct = site_flow(counts, window_s)
+    from_sums = site_flow_of_totals(summed, window_s)
+    assert from_sums.flow_vph == pytest.approx(direct.flow_vph, rel=1e-9, abs=1e-9)
+    assert from_sums.vehicles == pytest.approx(direct.vehicles, rel=1e-9, abs=1e-9)
+    assert from_sums.mean_occupancy == pytest.approx(direct.mean_occupancy, rel=1e-9, abs=1e-9)
+    assert (from_sums.lanes, from_sums.complete) == (direct.lanes, direct.complete)
+    assert from_sums.coverage == pytest.approx(direct.coverage)
+    assert {t.lane for t in lane_totals(counts)} == set(by_lane)
+
+
+def test_lane_sums_that_no_valid_readings_could_give_are_refused() -> None:
+    good = {"lane": "1", "covered_s": 900.0, "vehicles": 30.0, "shortest_s": 300.0}
+    with pytest.raises(ValueError, match="occupancy"):
+        site_flow_of_totals([LaneTotals(**good, occupancy_s=900.0 * 101)], 900)
+    with pytest.raises(ValueError, match="volume"):
+        site_flow_of_totals([LaneTotals(**{**good, "vehicles": -1.0}, occupancy_s=0.0)], 900)
+    with pytest.raises(ValueError, match="no lane reading"):
+        site_flow_of_totals([], 900)

@@ -255,6 +255,53 @@ class SiteFlow(BaseModel):
     """Every lane's readings cover the window to within half its shortest counting interval."""
 
 
+class LaneTotals(BaseModel):
+    """One lane's readings inside a window, summed: all site_flow needs of them.
+
+    InfluxDB can sum them itself (pipelines/derive_windows.py), so a window
+    is recomputed without reading its raw rows back.
+    """
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    lane: str
+    covered_s: float
+    """Sum of the readings' counting intervals."""
+    vehicles: float
+    shortest_s: float
+    """The shortest counting interval."""
+    occupancy_s: float
+    """Sum of occupancy (%) x interval (s): the time-weighted occupancy's numerator."""
+
+    def check(self) -> None:
+        """What flow_rate_per_hour and congestion_level check per reading, on the sums."""
+        flow_rate_per_hour(self.vehicles, self.covered_s)  # volume >= 0, interval > 0
+        if self.shortest_s <= 0:
+            raise ValueError(f"lane {self.lane}: interval_s must be positive")
+        # Each reading's occupancy is within 0..100 %, so the sum is within 0..100 x time.
+        if not 0 <= self.occupancy_s <= 100 * self.covered_s:
+            raise ValueError(f"lane {self.lane}: occupancy out of 0..100 %")
+
+
+def lane_totals(counts: list[LaneCount]) -> list[LaneTotals]:
+    """Each lane's readings summed, every reading checked as the rules check it."""
+    lanes: dict[str, list[LaneCount]] = {}
+    for c in counts:
+        flow_rate_per_hour(c.volume, c.interval_s)  # checks volume and interval
+        congestion_level(c.occupancy)  # checks occupancy
+        lanes.setdefault(c.lane, []).append(c)
+    return [
+        LaneTotals(
+            lane=lane,
+            covered_s=math.fsum(c.interval_s for c in rows),
+            vehicles=math.fsum(c.volume for c in rows),
+            shortest_s=min(c.interval_s for c in rows),
+            occupancy_s=math.fsum(c.occupancy * c.interval_s for c in rows),
+        )
+        for lane, rows in lanes.items()
+    ]
+
+
 def site_flow(
     counts: list[LaneCount],
     window_s: float,
@@ -267,27 +314,29 @@ def site_flow(
     """
     if not counts:
         raise ValueError("no lane reading in the window")
+    return site_flow_of_totals(lane_totals(counts), window_s, thresholds)
+
+
+def site_flow_of_totals(
+    totals: list[LaneTotals],
+    window_s: float,
+    thresholds: CongestionThresholds = DEFAULT_CONGESTION,
+) -> SiteFlow:
+    """``site_flow`` from each lane's sums (``lane_totals``, or InfluxDB's own sums)."""
+    if not totals:
+        raise ValueError("no lane reading in the window")
     if window_s <= 0:
         raise ValueError(f"window_s must be positive, got {window_s!r}")
-    covered: dict[str, float] = {}
-    vehicles: dict[str, float] = {}
-    shortest: dict[str, float] = {}
-    for c in counts:
-        flow_rate_per_hour(c.volume, c.interval_s)  # checks volume and interval
-        congestion_level(c.occupancy, thresholds)  # checks occupancy
-        covered[c.lane] = covered.get(c.lane, 0.0) + c.interval_s
-        vehicles[c.lane] = vehicles.get(c.lane, 0.0) + c.volume
-        shortest[c.lane] = min(shortest.get(c.lane, math.inf), c.interval_s)
-    flow = math.fsum(vehicles[lane] * 3_600 / covered[lane] for lane in covered)
-    weight = math.fsum(c.interval_s for c in counts)
-    occupancy = math.fsum(c.occupancy * c.interval_s for c in counts) / weight
-    complete = all(covered[lane] >= window_s - shortest[lane] / 2 for lane in covered)
+    for lane in totals:
+        lane.check()
+    flow = math.fsum(t.vehicles * 3_600 / t.covered_s for t in totals)
+    occupancy = math.fsum(t.occupancy_s for t in totals) / math.fsum(t.covered_s for t in totals)
     return SiteFlow(
         flow_vph=flow,
-        vehicles=math.fsum(vehicles.values()),
-        lanes=len(covered),
-        coverage=min(1.0, min(covered.values()) / window_s),
+        vehicles=math.fsum(t.vehicles for t in totals),
+        lanes=len(totals),
+        coverage=min(1.0, min(t.covered_s for t in totals) / window_s),
         mean_occupancy=occupancy,
         congestion_level=congestion_level(min(100.0, occupancy), thresholds),
-        complete=complete,
+        complete=all(t.covered_s >= window_s - t.shortest_s / 2 for t in totals),
     )
