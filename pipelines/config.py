@@ -119,6 +119,13 @@ class BatchSettings(_Section):
     # at batch 50 (python -m bench ingest); one POST of them takes ~0.15 s on loopback.
     max_points: int = Field(default=20_000, ge=1, le=500_000)
     max_delay_s: float = Field(default=1.0, gt=0, le=60)
+    max_quiet_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=60,
+        description="Write the batch once no new point has come for this long: the stream "
+        "paused, so waiting longer batches nothing and only holds the PUBACKs",
+    )
     max_pending_points: int = Field(
         default=200_000, ge=1, description="Backpressure: stop taking messages beyond this"
     )

@@ -206,8 +206,12 @@ class InfluxWriter:
                 if remaining <= 0:
                     break
                 try:
-                    # asyncio.timeout: 3.11's wait_for can lose a cancellation.
-                    async with asyncio.timeout(remaining) as self._timer:
+                    # asyncio.timeout: 3.11's wait_for can lose a cancellation. A pause
+                    # in the stream closes the batch too: at the end of a burst the last
+                    # points waited the whole delay for nothing (~1 s of a 5 s backlog).
+                    async with asyncio.timeout(
+                        min(remaining, self._batch.max_quiet_s)
+                    ) as self._timer:
                         chunks, more, done = await self._queue.get()
                 except TimeoutError:
                     break

@@ -34,7 +34,8 @@ def _config(path: Path, broker: int, influx: str, database: str, api: int, delay
     path.write_text(
         f'[mqtt]\nport = {broker}\nclient_id = "ingest-acks"\n'
         f'[influx]\nurl = "{influx}"\ndatabase = "{database}"\n'
-        f"[batch]\nmax_delay_s = {delay_s}\n"
+        # The quiet limit as long: the stream pauses after the burst, and the batch must wait.
+        f"[batch]\nmax_delay_s = {delay_s}\nmax_quiet_s = {delay_s}\n"
         f'[dead_letter]\npath = "{path.parent / "dead.sqlite3"}"\n'
         f"[api]\nenabled = true\nport = {api}\n",
         encoding="utf-8",
