@@ -23,6 +23,7 @@ from pipelines.derive_cli import (
     open_influx,
     run_derive,
 )
+from pipelines.group_sessions import record_sessions, refusal, stranded_sessions
 from pipelines.influx_writer import InfluxError
 from pipelines.mqtt_consumer import MqttRefused
 from pipelines.service import IngestService
@@ -154,6 +155,20 @@ def main(argv: list[str] | None = None) -> int:
             return _supervise(settings, args)
         if args.worker is not None:
             settings = for_worker(settings, args.worker)
+        if settings.mqtt.shared_group is not None and args.worker is None:
+            # One process alone in a group: it must not strand a former worker's share.
+            problem = _group_sessions_problem(settings, [settings.mqtt.session_id])
+            if problem is not None:
+                print(f"ecotel-ingest: {problem}", file=sys.stderr)
+                return 2
+        elif settings.mqtt.shared_group is not None:
+            # A worker started by hand (one unit each): recorded, so that a supervisor
+            # started later with fewer workers knows of it.
+            try:
+                record_sessions(settings, [settings.mqtt.session_id])
+            except ValueError as exc:
+                print(f"ecotel-ingest: {exc}", file=sys.stderr)
+                return 2
         worker = settings.mqtt.worker
         # Workers share the supervisor's stderr: each line says whose it is.
         log_format = LOG_FORMAT if worker is None else WORKER_LOG_FORMAT.format(worker=worker)
@@ -181,6 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         return reader_left()  # `dead-letters list | head`
 
 
+def _group_sessions_problem(settings: IngestSettings, sessions: list[str]) -> str | None:
+    """Why the group must not start with only ``sessions``, or None (then they are recorded)."""
+    try:
+        stranded = stranded_sessions(settings, sessions)
+    except ValueError as exc:
+        return str(exc)
+    if stranded:
+        return refusal(settings, stranded, sessions)
+    record_sessions(settings, sessions)
+    return None
+
+
 def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
     if settings.mqtt.shared_group is None:
         print(
@@ -189,6 +216,11 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
             "every message",
             file=sys.stderr,
         )
+        return 2
+    sessions = [for_worker(settings, number).mqtt.session_id for number in range(args.workers)]
+    problem = _group_sessions_problem(settings, sessions)
+    if problem is not None:
+        print(f"ecotel-ingest: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     # Workers read the same file and inherit the environment, so

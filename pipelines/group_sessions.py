@@ -1,0 +1,89 @@
+"""Which MQTT sessions a shared group has had on this host, so that fewer workers never strand a share.
+
+The broker keeps handing every member of a shared group its turn, an offline
+member with a persistent session included, and never gives a message queued
+for one member to another (../shared/RELIABILITY.md). So starting a group
+with fewer workers than it had leaves the missing workers' share of every
+later message unread at the broker, silently. The supervisor records the
+sessions it starts and refuses to start without one it recorded.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from pipelines.config import IngestSettings
+
+
+class GroupSessions(BaseModel):
+    """Per broker and shared group, the client ids of the sessions it has had."""
+
+    groups: dict[str, list[str]] = {}
+
+
+def record_path(settings: IngestSettings) -> Path:
+    """``mqtt-sessions.json`` beside the dead-letter store (one state directory per host)."""
+    return settings.dead_letter.path.with_name("mqtt-sessions.json")
+
+
+def group_key(settings: IngestSettings) -> str:
+    mqtt = settings.mqtt
+    return f"{mqtt.host}:{mqtt.port} {mqtt.shared_group}"
+
+
+def stranded_sessions(settings: IngestSettings, sessions: list[str]) -> list[str]:
+    """Sessions recorded for this broker and group that ``sessions`` would leave out."""
+    known = _load(record_path(settings)).groups.get(group_key(settings), [])
+    return sorted(set(known) - set(sessions))
+
+
+def record_sessions(settings: IngestSettings, sessions: list[str]) -> None:
+    """Remember ``sessions`` (with those recorded before) as the group's."""
+    path = record_path(settings)
+    record = _load(path)
+    key = group_key(settings)
+    known = record.groups.get(key, [])
+    if set(sessions) <= set(known):
+        return  # the supervisor's workers: it recorded them before starting them
+    record.groups[key] = sorted(set(known) | set(sessions))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Its own temporary file: workers started by hand may record at the same moment.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def refusal(settings: IngestSettings, stranded: list[str], sessions: list[str]) -> str:
+    """Why the group will not start without ``stranded``, and what to do instead."""
+    mqtt = settings.mqtt
+    prefix = f"{mqtt.client_id}-"
+    numbers = [
+        int(name.removeprefix(prefix))
+        for name in [*stranded, *sessions]
+        if name.startswith(prefix) and name.removeprefix(prefix).isdigit()
+    ]
+    run = f"Run --workers {max(numbers) + 1}, or change" if numbers else "Change"
+    return (
+        f"shared group {mqtt.shared_group!r} on {mqtt.host}:{mqtt.port} has also had "
+        f"{'the session' if len(stranded) == 1 else 'the sessions'} {', '.join(stranded)} "
+        f"(recorded in {record_path(settings)}): the broker keeps queueing "
+        "their share of every message for them and gives it to no other member, so "
+        f"starting without them would leave those readings unread. {run} over to a new "
+        'mqtt.shared_group and mqtt.client_id (docs/ingest.md, "Changing the number of '
+        'workers"); once those sessions are discarded, remove them from that file'
+    )
+
+
+def _load(path: Path) -> GroupSessions:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return GroupSessions()
+    try:
+        return GroupSessions.model_validate(json.loads(text))
+    except (ValueError, ValidationError) as exc:
+        raise ValueError(
+            f"{path}: not a record of MQTT sessions ({exc}); fix or remove it"
+        ) from exc

@@ -1,0 +1,79 @@
+"""A shared group never starts with fewer workers than it has had: the missing ones' share of every
+message would wait at the broker, unread. Through the real CLI, against a real broker."""
+
+import asyncio
+import json
+import re
+import signal
+import sys
+from pathlib import Path
+
+from deploy.servers import InfluxServer, MosquittoServer
+
+CLIENT_ID, GROUP = "ingest-sessions", "sessions"
+
+
+def _config(tmp_path: Path, broker: int, influx: str) -> Path:
+    config = tmp_path / "ingest.toml"
+    config.write_text(
+        f'[mqtt]\nport = {broker}\nclient_id = "{CLIENT_ID}"\nshared_group = "{GROUP}"\n'
+        f'[influx]\nurl = "{influx}"\ndatabase = "sessions"\n'
+        f'[dead_letter]\npath = "{tmp_path / "state" / "dead.sqlite3"}"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+async def _ingest(config: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "pipelines", "--config", str(config), "run", *args],
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _refused(config: Path, *args: str) -> str:
+    """Run the ingest; it must exit 2 at once. Its stderr."""
+    process = await _ingest(config, *args)
+    async with asyncio.timeout(30):
+        _, err = await process.communicate()
+    assert process.returncode == 2, err.decode()
+    return err.decode()
+
+
+async def test_a_group_refuses_to_start_without_a_session_it_has_had(
+    tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer
+) -> None:
+    config = _config(tmp_path, mosquitto.port, influxdb.url)
+    supervisor = await _ingest(config, "--workers", "2")
+    assert supervisor.stderr is not None
+    seen = ""
+    async with asyncio.timeout(30):
+        while len(re.findall(rf"ingest connected to .* as {CLIENT_ID}-\d", seen)) < 2:
+            seen += (await supervisor.stderr.readline()).decode()
+    supervisor.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        await supervisor.communicate()
+
+    record = json.loads((tmp_path / "state" / "mqtt-sessions.json").read_text())
+    assert record["groups"] == {
+        f"127.0.0.1:{mosquitto.port} {GROUP}": [f"{CLIENT_ID}-0", f"{CLIENT_ID}-1"]
+    }
+    # One worker fewer: worker 1's share would wait at the broker for ever.
+    err = await _refused(config, "--workers", "1")
+    assert f"{CLIENT_ID}-1" in err
+    assert "--workers 2" in err
+    assert "mqtt-sessions.json" in err
+    # One process alone in the group (no --workers) is one session fewer too.
+    err = await _refused(config)
+    assert f"{CLIENT_ID}-0, {CLIENT_ID}-1" in err
+    assert "--workers 2" in err
+
+
+async def test_a_damaged_record_is_named_not_ignored(tmp_path: Path) -> None:
+    config = _config(tmp_path, 1, "http://127.0.0.1:1")
+    record = tmp_path / "state" / "mqtt-sessions.json"
+    record.parent.mkdir()
+    record.write_text("{not json", encoding="utf-8")
+    err = await _refused(config, "--workers", "3")
+    assert str(record) in err
+    assert "fix or remove it" in err
