@@ -16,7 +16,7 @@ from devices.simulators import make_simulator
 from pipelines.config import IngestSettings
 from pipelines.decode import Checks, DecodedReadings, decode_readings
 from pipelines.influx_writer import Point, no_op
-from pipelines.line_protocol import to_line
+from pipelines.line_protocol import values_line
 from pipelines.quality import QualityChecker
 from pipelines.service import IngestService
 
@@ -129,17 +129,17 @@ def _one_run(messages: Messages, state: Path) -> dict[str, float]:
 
     def flags() -> int:
         for d in decoded_all:
-            for reading, values in d.readings:
-                key = (d.site, d.gateway, reading.device, reading.kind, reading.channel)
-                quality.check(key, reading.time, values)
+            for r in d.readings:
+                key = (d.site, d.gateway, r.device, r.kind, r.channel)
+                quality.check(key, r.time, r.model, r.values)
         return 0
 
     judged, _ = _clock(flags)
 
     def lines() -> int:
         for d in decoded_all:
-            for reading, values in d.readings:
-                to_line(d.site, d.gateway, reading, values)
+            for r in d.readings:
+                values_line(d.site, d.gateway, r.model, r.device, r.channel, r.time, r.values)
         return 0
 
     written, _ = _clock(lines)

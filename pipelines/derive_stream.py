@@ -33,7 +33,13 @@ class Deriver:
     acknowledgement until the windows it touched are durably marked for recomputation."""
 
     def __init__(
-        self, settings: DeriveSettings, ingest: IngestSettings, writer: InfluxWriter, state: Path
+        self,
+        settings: DeriveSettings,
+        ingest: IngestSettings,
+        writer: InfluxWriter,
+        state: Path,
+        *,
+        absorb: Path | None = None,
     ) -> None:
         self.settings = settings
         self.windows = WindowDeriver(settings, ingest.influx)
@@ -41,6 +47,7 @@ class Deriver:
         # More than two full batches waiting: the writer is not keeping up (a backlog).
         self._behind_points = 2 * ingest.batch.max_points
         self._state = DirtyWindows(state)
+        self._absorb = absorb
         self._window_kinds = window_kinds(settings)
         self._written: list[tuple[set[WindowKey], Done]] = []
         self._wake = asyncio.Event()
@@ -50,13 +57,24 @@ class Deriver:
 
     @classmethod
     def for_service(cls, settings: IngestSettings, writer: InfluxWriter) -> Self:
-        derive = settings.derive
-        path = derive.state_for(settings.mqtt.worker, settings.dead_letter.path)
-        return cls(derive, settings, writer, path)
+        derive, worker = settings.derive, settings.mqtt.worker
+        if settings.mqtt.shared_group is None or worker is None:
+            return cls(
+                derive, settings, writer, derive.state_for(worker, settings.dead_letter.path)
+            )
+        # A shared group's workers mark windows in one file and claim those they recompute:
+        # each window is then recomputed once, not once per worker. A worker's own file
+        # from before is taken over.
+        own = derive.state_for(worker, settings.dead_letter.path)
+        shared = derive.state_for(None, settings.dead_letter.path)
+        return cls(derive, settings, writer, shared, absorb=own)
 
     async def __aenter__(self) -> Self:
         if self.settings.enabled:
             await self._state.__aenter__()
+            if self._absorb is not None and await asyncio.to_thread(self._absorb.exists):
+                taken = await self._state.absorb(self._absorb)
+                log.info("derive: %d marked windows taken over from %s", taken, self._absorb)
             pending = await self._state.count()
             if pending:
                 log.info(
@@ -91,7 +109,7 @@ class Deriver:
         last: tuple[str, str, datetime] | None = None
         thresholds = self.settings.congestion
         window_kinds = self._window_kinds
-        for reading, values in decoded.readings:
+        for reading in decoded.readings:
             kind = reading.kind
             # Most kinds derive nothing: ask only those that do (~1 us per reading saved).
             measurement = SOURCE_KINDS.get(kind)
@@ -102,7 +120,7 @@ class Deriver:
                     device=reading.device,
                     channel=reading.channel,
                     time=reading.time,
-                    values=values,
+                    values=reading.typed_values(),
                     thresholds=thresholds,
                 )
                 if line is not None:
@@ -156,7 +174,7 @@ class Deriver:
                 # While behind, only windows past their ceiling: the backlog's later readings
                 # would touch the others again and the query load slows the catch-up.
                 held = self._writer.pending > self._behind_points
-                for key, version in await self._state.due(delays, held=held):
+                for key, version in await self._state.claim(delays, held=held):
                     try:
                         await self.recompute(key)
                     except (InfluxError, httpx.HTTPError):

@@ -4,6 +4,8 @@ Hand-written f-strings rather than influxdb-client's Point: measured ~2 us per
 reading against ~12 us, and the ingest serialises every reading it stores.
 """
 
+import typing
+from collections.abc import Mapping
 from datetime import datetime
 from functools import cache, lru_cache
 
@@ -36,8 +38,10 @@ def escape_string_field(text: str) -> str:
     return text.translate(_STRING_FIELD)
 
 
+@lru_cache(maxsize=4_096)
 def timestamp_ns(moment: datetime) -> int:
-    """Nanoseconds since the epoch, exact to the microsecond a datetime holds."""
+    """Nanoseconds since the epoch, exact to the microsecond a datetime holds; cached, as the
+    readings of a message share a few times (0.1 against 0.3 us)."""
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
@@ -48,40 +52,69 @@ _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 def to_line(
     site: str, gateway: str, reading: Reading, values: KindValues, *, quality: str | None = None
 ) -> str:
+    """One point of a validated reading and its checked values (see ``values_line``)."""
+    return values_line(
+        site,
+        gateway,
+        type(values),
+        reading.device,
+        reading.channel,
+        reading.time,
+        values.__dict__,
+        quality=quality,
+    )
+
+
+def values_line(
+    site: str,
+    gateway: str,
+    model: type[KindValues],
+    device: str,
+    channel: str | None,
+    time: datetime,
+    values: Mapping[str, object],
+    *,
+    quality: str | None = None,
+) -> str:
     """One point: measurement = kind; tags = channel tag, device, gateway, site; fields = values.
 
     A point's identity in InfluxDB is measurement + tags + time, so the same
     reading always gives the same line (a retry overwrites itself), and two
     readings differing in site, gateway, device, channel, kind or time never
     collide. Every number is written as a float so that a field's type never
-    conflicts between points. ``quality`` (pipelines/quality.py flags) becomes
-    the string field ``quality``, on flagged readings only.
+    conflicts between points. ``values`` holds ``model``'s fields in its order,
+    None where absent. ``quality`` (pipelines/quality.py flags) becomes the
+    string field ``quality``, on flagged readings only.
     """
-    spec = type(values).channel
+    spec = model.channel
     key = series_key(
-        values.kind,
-        spec.tag if spec is not None else None,
-        reading.channel,
-        reading.device,
-        gateway,
-        site,
+        model.kind, spec.tag if spec is not None else None, channel, device, gateway, site
     )
+    template = _field_template(model)
+    present = tuple(values.values())
+    if template is not None and None not in present:
+        # Every field present (nearly always): one %-format in C, ~0.6 us less per reading.
+        field_set = template % present
+    else:
+        field_set = _field_set(model, values)
+    if quality is not None:
+        field_set += f',quality="{quality}"'
+    return f"{key} {field_set} {timestamp_ns(time)}"
+
+
+def _field_set(model: type[KindValues], values: Mapping[str, object]) -> str:
     fields = []
-    keys = _field_keys(type(values))
-    # __dict__ rather than iterating the model: this runs for every stored
-    # reading, and the model's iterator costs several times more.
-    for name, value in values.__dict__.items():
+    keys = _field_keys(model)
+    for name, value in values.items():
         if value is None:
             continue
-        if type(value) is float:  # nearly always: the kinds' quantities are floats
+        if type(value) is float:
             fields.append(keys[name] + repr(value))
         elif isinstance(value, str):
             fields.append(f'{keys[name]}"{escape_string_field(value)}"')
         else:
-            fields.append(keys[name] + repr(float(value)))
-    if quality is not None:
-        fields.append(f'quality="{quality}"')
-    return f"{key} {','.join(fields)} {timestamp_ns(reading.time)}"
+            fields.append(keys[name] + repr(float(value)))  # type: ignore[arg-type]
+    return ",".join(fields)
 
 
 @lru_cache(maxsize=65_536)
@@ -96,6 +129,28 @@ def series_key(
     tags.sort()
     tag_text = ",".join(f"{escape_tag(k)}={escape_tag(v)}" for k, v in tags)
     return f"{escape_measurement(kind)},{tag_text}"
+
+
+@cache
+def _field_template(model: type[KindValues]) -> str | None:
+    """``model``'s field set as a %-format of all its values in order, or None if a field is
+    neither a float (checked values are floats, never ints) nor one of fixed words that
+    need no escaping."""
+    keys = _field_keys(model)
+    parts = []
+    for name, info in model.model_fields.items():
+        args = typing.get_args(info.annotation) or (info.annotation,)
+        kinds = [a for a in args if a is not type(None)]
+        if kinds == [float]:
+            parts.append(keys[name].replace("%", "%%") + "%r")
+            continue
+        words = typing.get_args(kinds[0]) if len(kinds) == 1 else ()
+        if typing.get_origin(kinds[0]) is not typing.Literal or not all(
+            isinstance(w, str) and escape_string_field(w) == w and "%" not in w for w in words
+        ):
+            return None
+        parts.append(keys[name].replace("%", "%%") + '"%s"')
+    return ",".join(parts)
 
 
 @cache

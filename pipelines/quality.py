@@ -51,11 +51,18 @@ class QualityChecker:
         self._plans: dict[type[KindValues], _Plan] = {}
         self.flagged: dict[str, int] = {"spike": 0, "stuck": 0}
 
-    def check(self, series: SeriesId, time: datetime, values: KindValues) -> str | None:
-        plan = self._plans.get(type(values))
+    def check(
+        self,
+        series: SeriesId,
+        time: datetime,
+        model: type[KindValues],
+        values: Mapping[str, object],
+    ) -> str | None:
+        """Judge one reading's checked ``values`` of ``model`` (its fields by name)."""
+        plan = self._plans.get(model)
         if plan is None:
-            plan = self._plans[type(values)] = self._plan(type(values))
-        return self.observe(series, time, values.__dict__, plan)
+            plan = self._plans[model] = self._plan(model)
+        return self.observe(series, time, values, plan)
 
     def observe(
         self,

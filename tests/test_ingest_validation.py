@@ -241,5 +241,8 @@ async def test_every_bad_input_is_dead_lettered_and_good_readings_are_stored(
     series = (SITE, GW, "hydro-1", "hydrology", None)
     # The site's range is beyond the catalog's: built without validation.
     later = Hydrology.model_construct(stage=4521.5, discharge=95.0, water_temperature=3.45)
-    assert checker.check(series, T0 + timedelta(seconds=44), later) is None
-    assert checker.check(series, T0 + timedelta(seconds=45), later) == "stuck:stage"
+    assert checker.check(series, T0 + timedelta(seconds=44), Hydrology, later.__dict__) is None
+    assert (
+        checker.check(series, T0 + timedelta(seconds=45), Hydrology, later.__dict__)
+        == "stuck:stage"
+    )
