@@ -3,12 +3,18 @@
 A window is marked once its raw readings are in InfluxDB and before their
 messages are acknowledged; it is cleared only if nobody marked it again while
 it was being recomputed (the version column). It is due once nothing touched it
-for its delay, or once it has waited ``CEILING`` times its delay in all.
+for its delay, or once it has waited ``CEILING`` times its delay in all. A shared
+group's workers on one host mark windows in one file, and a worker claims the windows
+it recomputes, so that each is recomputed once rather than by every worker.
 """
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiosqlite
 
 from collector.durable_sqlite import DurableSqlite
 from pipelines.analytics.energy import Window
@@ -23,6 +29,7 @@ CREATE TABLE IF NOT EXISTS dirty (
     since REAL NOT NULL,
     touched REAL NOT NULL DEFAULT 0,
     version INTEGER NOT NULL DEFAULT 0,
+    claimed_until REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (family, site, window, start_ns)
 );
 """
@@ -30,6 +37,13 @@ CREATE TABLE IF NOT EXISTS dirty (
 
 CEILING = 5
 """A window touched without pause is still recomputed after this many times its delay."""
+
+CLAIM_S = 120.0
+"""How long a worker's claim on a window lasts: a worker killed while recomputing it leaves
+it to the others after this."""
+
+CLAIM_MAX = 16
+"""Windows claimed at once: a long list is shared out between a group's workers."""
 
 
 @dataclass(frozen=True, order=True)
@@ -40,6 +54,16 @@ class WindowKey:
     site: str
     window: Window
     start: datetime
+
+
+_MARK = (
+    "INSERT INTO dirty (family, site, window, start_ns, since, touched) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO UPDATE SET version = version + 1, touched = excluded.touched"
+)
+
+
+def _where(key: WindowKey) -> tuple[str, str, str, int]:
+    return key.family, key.site, key.window.value, timestamp_ns(key.start)
 
 
 def _from_ns(ns: int) -> datetime:
@@ -57,7 +81,25 @@ class DirtyWindows(DurableSqlite):
             columns = {row[1] async for row in cur}
         if "touched" not in columns:
             await self.db.execute("ALTER TABLE dirty ADD COLUMN touched REAL NOT NULL DEFAULT 0")
-            await self.db.commit()
+        if "claimed_until" not in columns:
+            await self.db.execute(
+                "ALTER TABLE dirty ADD COLUMN claimed_until REAL NOT NULL DEFAULT 0"
+            )
+        await self.db.commit()
+
+    async def absorb(self, old: Path) -> int:
+        """Take over the marks of another file (a worker's own, from before a group shared
+        one file), then delete it; the number of windows taken."""
+        async with (
+            aiosqlite.connect(old) as source,
+            source.execute("SELECT family, site, window, start_ns, since FROM dirty") as cur,
+        ):
+            rows = [(*row, row[4]) for row in await cur.fetchall()]
+        await self.db.executemany(_MARK, rows)
+        await self.db.commit()
+        for name in (old.name, f"{old.name}-wal", f"{old.name}-shm"):
+            await asyncio.to_thread(old.with_name(name).unlink, missing_ok=True)
+        return len(rows)
 
     async def mark(self, keys: set[WindowKey]) -> None:
         """Mark windows dirty (one transaction); an already dirty one keeps its ``since``
@@ -66,9 +108,7 @@ class DirtyWindows(DurableSqlite):
             return
         now = time.time()
         await self.db.executemany(
-            "INSERT INTO dirty (family, site, window, start_ns, since, touched) "
-            "VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO UPDATE SET version = version + 1, touched = excluded.touched",
+            _MARK,
             [(k.family, k.site, k.window.value, timestamp_ns(k.start), now, now) for k in keys],
         )
         await self.db.commit()
@@ -82,11 +122,38 @@ class DirtyWindows(DurableSqlite):
         Debounced because a backlog touches the same windows with every message: recomputed
         every delay, each was computed ~50 times instead of once (docs/performance.md).
         """
+        return await self._due(delays, held, time.time(), claimed=True)
+
+    async def claim(
+        self, delays: dict[Window, timedelta], *, held: bool = False
+    ) -> list[tuple[WindowKey, int]]:
+        """``due``'s windows that no other worker has claimed, at most ``CLAIM_MAX``, claimed
+        for ``CLAIM_S``: a shared group's workers mark windows in one file, and each window
+        is recomputed by one of them rather than by all (each a query load on InfluxDB)."""
         now = time.time()
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            found = (await self._due(delays, held, now, claimed=False))[:CLAIM_MAX]
+            await db.executemany(
+                "UPDATE dirty SET claimed_until = ? WHERE family = ? AND site = ? "
+                "AND window = ? AND start_ns = ?",
+                [(now + CLAIM_S, *_where(key)) for key, _ in found],
+            )
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        return found
+
+    async def _due(
+        self, delays: dict[Window, timedelta], held: bool, now: float, *, claimed: bool
+    ) -> list[tuple[WindowKey, int]]:
         found = []
         async with self.db.execute(
             "SELECT family, site, window, start_ns, since, touched, version FROM dirty "
-            "ORDER BY start_ns, window"
+            "WHERE ? OR claimed_until <= ? ORDER BY start_ns, window",
+            (claimed, now),
         ) as cur:
             async for family, site, window, start_ns, since, touched, version in cur:
                 delay = delays[Window(window)].total_seconds()
@@ -97,21 +164,29 @@ class DirtyWindows(DurableSqlite):
         return found
 
     async def clear(self, key: WindowKey, version: int) -> bool:
-        """Forget a recomputed window unless it was marked again meanwhile; True if forgotten."""
+        """Forget a recomputed window unless it was marked again meanwhile (then its claim
+        ends: it is due again); True if forgotten."""
         cur = await self.db.execute(
             "DELETE FROM dirty WHERE family = ? AND site = ? AND window = ? AND start_ns = ? "
             "AND version = ?",
-            (key.family, key.site, key.window.value, timestamp_ns(key.start), version),
+            (*_where(key), version),
         )
+        forgotten = cur.rowcount > 0
+        if not forgotten:
+            await self.db.execute(
+                "UPDATE dirty SET claimed_until = 0 WHERE family = ? AND site = ? "
+                "AND window = ? AND start_ns = ?",
+                _where(key),
+            )
         await self.db.commit()
-        return cur.rowcount > 0
+        return forgotten
 
     async def defer(self, key: WindowKey) -> None:
         """Restart a window's delay (its recomputation failed): tried again, not in a hot loop."""
         await self.db.execute(
-            "UPDATE dirty SET since = ?1, touched = ?1 WHERE family = ?2 AND site = ?3 "
-            "AND window = ?4 AND start_ns = ?5",
-            (time.time(), key.family, key.site, key.window.value, timestamp_ns(key.start)),
+            "UPDATE dirty SET since = ?1, touched = ?1, claimed_until = 0 WHERE family = ?2 "
+            "AND site = ?3 AND window = ?4 AND start_ns = ?5",
+            (time.time(), *_where(key)),
         )
         await self.db.commit()
 
