@@ -178,7 +178,9 @@ class DeriveSettings(_Section):
     state_path: Path | None = Field(
         default=None,
         description="Windows waiting for recomputation (SQLite). Default: derive.sqlite3 beside "
-        "the dead-letter store, suffixed -worker<N> for a worker of a shared group",
+        "the dead-letter store, one file for a shared group's workers on this host (each "
+        "window claimed by the worker that recomputes it); suffixed -worker<N> for a worker "
+        "outside a shared group",
     )
     delays: WindowDelays = Field(default_factory=WindowDelays)
     max_split_s: float = Field(

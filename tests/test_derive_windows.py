@@ -402,3 +402,27 @@ async def test_derive_names_influxdb_when_it_goes_away_mid_run(tmp_path: Path) -
     assert f"InfluxDB at {server.url} (influx.url, from {config}): " in err
     assert "run the same command again once it is back" in err
     assert "derived " not in out.decode()
+
+
+async def test_site_flow_weights_occupancy_by_interval_when_a_lane_mixes_intervals(
+    deriver: tuple[WindowDeriver, InfluxWriter], influxdb: InfluxServer, influx_db: str
+) -> None:
+    # Lane 1 switched from 5-min to 1-min counts inside the window: its occupancy is
+    # weighted by each count's interval (the subquery), lane 2's by its one interval.
+    windows, writer = deriver
+    counts = [("1", 300.0, 10.0, 10.0, 1), ("1", 60.0, 10.0, 40.0, 7)]
+    counts += [("2", 300.0, 50.0, 22.0, 1 + 5 * i) for i in range(3)]
+    lines = [
+        f"traffic_detector,device=radar,gateway=gw,lane={lane},site=G109 "
+        f"interval_s={interval},volume={volume},mean_speed=80.0,occupancy={occupancy} "
+        f"{_ns(T0 + timedelta(minutes=minute))}"
+        for lane, interval, volume, occupancy, minute in counts
+    ]
+    await _write(influxdb.url, influx_db, lines)
+    await rewrite_window(windows, writer, WindowKey(TRAFFIC, "G109", Window.QUARTER_HOUR, T0))
+    figures = (await _figures(influxdb.url, influx_db, "traffic_flow_site"))[T0]
+    # (300 * 10 + 60 * 40 + 3 * 300 * 22) / (360 + 900); the shortest interval times the
+    # sum would give 18.1.
+    assert figures["mean_occupancy"] == pytest.approx(20.0)
+    assert figures["flow_vph"] == pytest.approx(20 * 3600 / 360 + 150 * 3600 / 900)
+    assert figures["lanes"] == 2.0
