@@ -321,8 +321,9 @@ async def _run_consumer(
         first, acked, figures = await _publish(publishers)
         sent_probes = sum(f["probes"] for f in figures)
         await _until(lambda: _stat(probes.seen), sent_probes)
-        stored = await _until(lambda: influx.count_points(MEASUREMENTS), plan.messages * sc.batch)
-        finished = time.time()
+        stored, finished = await _until(
+            lambda: influx.count_points(MEASUREMENTS), plan.messages * sc.batch
+        )
         probing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await probing
@@ -359,17 +360,19 @@ async def _stat(value: int) -> int:
     return value
 
 
-async def _until(measure: Any, target: int) -> int:
-    """Poll ``measure()`` until it reaches ``target`` or stops growing for _STALL_S; its last value."""
+async def _until(measure: Any, target: int) -> tuple[int, float]:
+    """Poll ``measure()`` until it reaches ``target`` or stops growing for _STALL_S; its last
+    value, and the time the call that gave it started (what it found was there by then)."""
     last, progressed = -1, time.monotonic()
     while True:
+        asked = time.time()
         value: int = await measure()
         if value >= target:
-            return value
+            return value, asked
         if value != last:
             last, progressed = value, time.monotonic()
         elif time.monotonic() - progressed > _STALL_S:
-            return value
+            return value, asked
         await asyncio.sleep(_COUNT_POLL_S)
 
 

@@ -12,6 +12,7 @@ import httpx
 import psutil
 
 from bench.ingest_messages import PROBE_PREFIX
+from devices import KINDS
 
 _SAMPLE_S = 0.2
 
@@ -128,14 +129,24 @@ class Influx:
         await self.query(f'CREATE DATABASE "{self.database}"')
 
     async def count_points(self, measurements: list[str]) -> int:
-        """Points in these measurements: count(*) gives one column per field, the largest is the count."""
+        """Points in these kinds' measurements, counted on a field every reading of the kind has.
+
+        Not count(*): over the nine kinds that counts every field of every kind, 420 ms of
+        InfluxDB CPU and 230 ms per count at 300,000 points, against 100 and 60 ms here;
+        the count polled while a run ends would load the database it measures.
+        """
         total = 0
-        names = ",".join(f'"{m}"' for m in measurements)
-        for series in await self.query(f"SELECT count(*) FROM {names}"):
+        query = "; ".join(f'SELECT count("{_required(m)}") FROM "{m}"' for m in measurements)
+        for series in await self.query(query):
             rows = series["values"]
             assert isinstance(rows, list)
             total += max(v for v in rows[0][1:] if isinstance(v, int))
         return total
+
+
+def _required(kind: str) -> str:
+    """A field every reading of ``kind`` carries."""
+    return next(name for name, info in KINDS[kind].model_fields.items() if info.is_required())
 
 
 @dataclass
