@@ -286,7 +286,10 @@ def _print_report(report: StackReport, data: Path) -> None:
     rate = report.written / report.elapsed_s if report.elapsed_s else 0.0
     print(
         f"\nstopped after {report.elapsed_s:.0f} s: {report.published:,} readings published, "
-        f"{report.written:,} stored ({rate:,.1f}/s), {report.rejected} rejected"
+        f"{report.written:,} written to InfluxDB ({rate:,.1f}/s"
+        # A gateway resends a message whose PUBACK it did not see: the same points again.
+        + (", resent messages written again" if report.written > report.published else "")
+        + f"), {report.rejected} rejected"
         + (f", {report.dropped:,} dropped by full gateway buffers" if report.dropped else "")
     )
     print("stored in InfluxDB now (all runs in this data dir):")

@@ -378,7 +378,8 @@ async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
             refused += result.outcome != "stored"
             line = f"{result.id:6d}  {result.outcome:<14}"
             if result.outcome == "stored":
-                line += f" {result.stored} readings stored"
+                # A readings letter stores readings; a status, health or refused point one point.
+                line += f" {result.stored} {'point' if result.stored == 1 else 'points'} written"
                 if result.new_dead_letters:
                     line += f", {result.new_dead_letters} refused again as new dead letters"
             elif result.reason is not None:

@@ -78,7 +78,7 @@ async def _replay_readings(service: IngestService, letter: DeadLetter) -> Replay
     await service.store_decoded(decoded, letter.topic)
     await store.remove(letter.id)
     log.info(
-        "replayed dead letter %d (%s): %d readings stored, %d refused again",
+        "replayed dead letter %d (%s): %d points written, %d refused again",
         letter.id,
         letter.reason,
         len(decoded.lines),

@@ -291,7 +291,7 @@ async def test_a_replayed_reading_gets_its_derived_point(api: Api, tmp_path: Pat
     )
     out, err = await process.communicate()
     assert process.returncode == 0, (out + err).decode()
-    assert "1 readings stored" in out.decode()
+    assert "1 point written" in out.decode()
     at = f"time = '{sonde['time']}'"
     raw = await influx_query(
         api.influx_url, f"SELECT ph FROM water_quality WHERE {at}", database=api.database

@@ -201,7 +201,7 @@ async def test_the_command_line_replays_refused_traffic_and_recomputes_its_windo
     code, out = await _replay_refused(config)
     assert code == 0, out
     *letters, windows = out.splitlines()
-    assert [line.split()[1:] for line in letters] == [["stored", "1", "readings", "stored"]] * 6
+    assert [line.split()[1:] for line in letters] == [["stored", "1", "point", "written"]] * 6
     # Marked by the replay: the first run recomputed (empty) what the live ingest had marked.
     assert windows == "2 derived windows recomputed"
     volumes = await _influx(
