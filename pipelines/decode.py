@@ -276,14 +276,7 @@ def _conflict(reading: Reading, index: int, first: int, raw: JsonValue) -> Rejec
 def _store(decoded: DecodedReadings, reading: Accepted, quality: QualityChecker | None) -> None:
     """Add an accepted reading's line (with its quality flags) to ``decoded``."""
     site, gateway = decoded.site, decoded.gateway
-    device, kind, channel, time, model, values = (
-        reading.device,
-        reading.kind,
-        reading.channel,
-        reading.time,
-        reading.model,
-        reading.values,
-    )
+    kind, device, channel, time, model, values, _ = reading
     flags = (
         quality.check((site, gateway, device, kind, channel), time, model, values)
         if quality is not None
@@ -298,9 +291,7 @@ def _store(decoded: DecodedReadings, reading: Accepted, quality: QualityChecker 
 
 @dataclass(frozen=True, slots=True)
 class _KindPlan:
-    kind: str
     model: type[KindValues]
-    channel: ChannelSpec | None
     validated: bool
     """The model has validators of its own: its values also go through pydantic."""
 
@@ -316,7 +307,7 @@ def _site_plan(models: tuple[type[KindValues], ...]) -> _SitePlan:
     """Per tuple of models, since a site's own ranges (SiteLimits) replace a kind's model."""
     decoder, structs = message_decoder(models)
     kinds = {
-        struct: _KindPlan(model.kind, model, model.channel, needs_pydantic(model))
+        struct: _KindPlan(model, needs_pydantic(model))
         for struct, model in zip(structs, models, strict=True)
     }
     return _SitePlan(decoder, kinds)
@@ -347,11 +338,12 @@ def _decode_whole(
     accepted: list[Accepted] = []
     points = set()
     for reading in message.readings:
-        kind = kinds[type(reading)]
+        kind_plan = kinds[type(reading)]
+        model = kind_plan.model
         device, channel, time = reading.device, reading.channel, _utc_time(reading.time)
         if time is None:
             return None
-        if not _channel_ok(kind.channel, channel):
+        if not _channel_ok(model.channel, channel):
             return None
         if not _is_name(device) or (channel is not None and not _is_name(channel)):
             return None
@@ -361,13 +353,13 @@ def _decode_whole(
             return None
         values = msgspec.structs.asdict(reading.values)
         typed = None
-        if kind.validated:
+        if kind_plan.validated:
             try:
-                typed = kind.model.model_validate(values)
+                typed = model.model_validate(values)
             except ValidationError:
                 return None
-        points.add((kind.kind, device, channel, time))
-        accepted.append(Accepted(kind.kind, device, channel, time, kind.model, values, typed))
+        points.add((model.kind, device, channel, time))
+        accepted.append(Accepted(model.kind, device, channel, time, model, values, typed))
     if len(points) != len(accepted):
         return None  # one point twice: check_readings tells copies from conflicts
     decoded = DecodedReadings(site=site, gateway=gateway, seq=message.seq)
