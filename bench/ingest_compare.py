@@ -413,7 +413,9 @@ def scenarios(*, quick: bool, batches: Sequence[int], workers: Sequence[int]) ->
     for batch in batches:
         found.extend(Scenario("ecotel", batch, size(batch), workers=w) for w in workers)
         # Without the derived analytics: the same work as the bridge, plus validation.
-        found.append(Scenario("ecotel", batch, size(batch), derive=False))
+        found.extend(
+            Scenario("ecotel", batch, size(batch), workers=w, derive=False) for w in workers
+        )
         found.append(Scenario("bridge", batch, size(batch)))
     rate, seconds = 10_000, (5 if quick else 20)
     found.append(Scenario("ecotel", 50, rate * seconds, rate=rate))
