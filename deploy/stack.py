@@ -286,12 +286,17 @@ def _print_report(report: StackReport, data: Path) -> None:
     rate = report.written / report.elapsed_s if report.elapsed_s else 0.0
     print(
         f"\nstopped after {report.elapsed_s:.0f} s: {report.published:,} readings published, "
-        f"{report.written:,} written to InfluxDB ({rate:,.1f}/s"
-        # A gateway resends a message whose PUBACK it did not see: the same points again.
-        + (", resent messages written again" if report.written > report.published else "")
-        + f"), {report.rejected} rejected"
+        f"{report.written:,} written to InfluxDB ({rate:,.1f}/s), {report.rejected} rejected"
         + (f", {report.dropped:,} dropped by full gateway buffers" if report.dropped else "")
     )
+    extra = report.written - report.published
+    if extra > 0:
+        # A gateway counts a message once the broker acknowledged it; one still unacknowledged
+        # at its stop (or resent after a lost PUBACK) was written all the same.
+        print(
+            f"  ({extra:,} more written than published: messages whose PUBACK their gateway "
+            "had not seen when it stopped, or resends; a point written twice is stored once)"
+        )
     print("stored in InfluxDB now (all runs in this data dir):")
     for name, count in report.stored_by_measurement.items():
         domain = KINDS[name].domain.value if name in KINDS else _measurement_group(name)
