@@ -28,4 +28,7 @@ class Reading(BaseModel):
     @field_validator("time")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise ValueError(f"{value.isoformat()} is out of range in UTC") from None

@@ -358,6 +358,7 @@ def _decode_whole(
                 typed = model.model_validate(values)
             except ValidationError:
                 return None
+            values = typed.__dict__  # what its validators made of them, as the slow path
         points.add((model.kind, device, channel, time))
         accepted.append(Accepted(model.kind, device, channel, time, model, values, typed))
     if len(points) != len(accepted):
@@ -377,12 +378,14 @@ def _utc_time(text: str) -> datetime | None:
         return None
     try:
         return datetime.fromisoformat(text).astimezone(UTC)
-    except ValueError:  # a 61st second, a 13th month: the pydantic path says so
+    except (ValueError, OverflowError):  # a 61st second, a 13th month, year 0 in UTC
         return None
 
 
+# fromisoformat alone would take an offset of +00:60, which pydantic refuses.
 _TIME = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+    r"(Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 )
 
 
