@@ -9,6 +9,7 @@ it recomputes, so that each is recomputed once rather than by every worker.
 """
 
 import asyncio
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,10 @@ CREATE TABLE IF NOT EXISTS dirty (
     claimed_until REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (family, site, window, start_ns)
 );
+CREATE TABLE IF NOT EXISTS holds (
+    holder TEXT PRIMARY KEY,
+    since REAL NOT NULL
+);
 """
 
 
@@ -41,9 +46,6 @@ CEILING = 5
 CLAIM_S = 120.0
 """How long a worker's claim on a window lasts: a worker killed while recomputing it leaves
 it to the others after this."""
-
-CLAIM_MAX = 16
-"""Windows claimed at once: a long list is shared out between a group's workers."""
 
 
 @dataclass(frozen=True, order=True)
@@ -58,7 +60,7 @@ class WindowKey:
 
 _MARK = (
     "INSERT INTO dirty (family, site, window, start_ns, since, touched) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT DO UPDATE SET version = version + 1, touched = excluded.touched"
+    "ON CONFLICT DO UPDATE SET version = version + 1, touched = max(touched, excluded.touched)"
 )
 
 
@@ -71,9 +73,21 @@ def _from_ns(ns: int) -> datetime:
 
 
 class DirtyWindows(DurableSqlite):
-    """Windows touched by readings since they were last recomputed."""
+    """Windows touched by readings since they were last recomputed.
+
+    A worker whose raw points wait in its spool (InfluxDB was down) *holds* the file: its
+    marked windows would be computed without them, so nobody claims any window until it
+    has written them and released its hold.
+    """
 
     schema = _SCHEMA
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        # One connection, used by the marking and the recomputing tasks: a transaction of
+        # one must not interleave with a statement of the other.
+        self._lock = asyncio.Lock()
+        self._claims: dict[WindowKey, float] = {}
 
     async def opened(self) -> None:
         # Files from before the debounce lack ``touched``: their windows count as quiet.
@@ -90,28 +104,50 @@ class DirtyWindows(DurableSqlite):
     async def absorb(self, old: Path) -> int:
         """Take over the marks of another file (a worker's own, from before a group shared
         one file), then delete it; the number of windows taken."""
-        async with (
-            aiosqlite.connect(old) as source,
-            source.execute("SELECT family, site, window, start_ns, since FROM dirty") as cur,
-        ):
-            rows = [(*row, row[4]) for row in await cur.fetchall()]
-        await self.db.executemany(_MARK, rows)
-        await self.db.commit()
+        try:
+            async with (
+                aiosqlite.connect(old) as source,
+                source.execute("SELECT family, site, window, start_ns, since FROM dirty") as cur,
+            ):
+                rows = [(*row, row[4]) for row in await cur.fetchall()]
+        except sqlite3.OperationalError:  # taken over and deleted by another worker meanwhile
+            rows = []
+        async with self._lock:
+            await self.db.executemany(_MARK, rows)
+            await self.db.commit()
         for name in (old.name, f"{old.name}-wal", f"{old.name}-shm"):
             await asyncio.to_thread(old.with_name(name).unlink, missing_ok=True)
         return len(rows)
 
-    async def mark(self, keys: set[WindowKey]) -> None:
+    async def mark(self, keys: set[WindowKey], *, hold: str | None = None) -> None:
         """Mark windows dirty (one transaction); an already dirty one keeps its ``since``
-        and is ``touched`` again."""
-        if not keys:
+        and is ``touched`` again. ``hold``: the marking worker's name, its points still in
+        its spool: held in the same transaction, so that no one claims them meanwhile."""
+        if not keys and hold is None:
             return
         now = time.time()
-        await self.db.executemany(
-            _MARK,
-            [(k.family, k.site, k.window.value, timestamp_ns(k.start), now, now) for k in keys],
-        )
-        await self.db.commit()
+        async with self._lock:
+            await self.db.executemany(
+                _MARK,
+                [(k.family, k.site, k.window.value, timestamp_ns(k.start), now, now) for k in keys],
+            )
+            if hold is not None:
+                await self.db.execute(
+                    "INSERT INTO holds (holder, since) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (hold, now),
+                )
+            await self.db.commit()
+
+    async def release(self, holder: str) -> None:
+        """``holder``'s spooled points are in InfluxDB: its windows may be claimed."""
+        async with self._lock:
+            await self.db.execute("DELETE FROM holds WHERE holder = ?", (holder,))
+            await self.db.commit()
+
+    async def holders(self) -> dict[str, float]:
+        """Who holds the file, since when (time.time())."""
+        async with self._lock, self.db.execute("SELECT holder, since FROM holds") as cur:
+            return {str(holder): float(since) for holder, since in await cur.fetchall()}
 
     async def due(
         self, delays: dict[Window, timedelta], *, held: bool = False
@@ -122,75 +158,105 @@ class DirtyWindows(DurableSqlite):
         Debounced because a backlog touches the same windows with every message: recomputed
         every delay, each was computed ~50 times instead of once (docs/performance.md).
         """
-        return await self._due(delays, held, time.time(), claimed=True)
+        async with self._lock:
+            return await self._due(delays, held, time.time(), unclaimed=False)
 
     async def claim(
         self, delays: dict[Window, timedelta], *, held: bool = False
-    ) -> list[tuple[WindowKey, int]]:
-        """``due``'s windows that no other worker has claimed, at most ``CLAIM_MAX``, claimed
-        for ``CLAIM_S``: a shared group's workers mark windows in one file, and each window
-        is recomputed by one of them rather than by all (each a query load on InfluxDB)."""
+    ) -> tuple[WindowKey, int] | None:
+        """The oldest of ``due``'s windows that nobody has claimed, claimed for ``CLAIM_S``;
+        None if there is none, or while a worker holds the file. A shared group's workers
+        mark windows in one file and each window is recomputed by one of them rather than
+        by all (each a query load on InfluxDB); one at a time, so that a claim never
+        outlasts its lease while other windows of a batch are recomputed."""
         now = time.time()
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            found = (await self._due(delays, held, now, claimed=False))[:CLAIM_MAX]
-            await db.executemany(
-                "UPDATE dirty SET claimed_until = ? WHERE family = ? AND site = ? "
-                "AND window = ? AND start_ns = ?",
-                [(now + CLAIM_S, *_where(key)) for key, _ in found],
-            )
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
-        return found
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                async with db.execute("SELECT 1 FROM holds LIMIT 1") as cur:
+                    held_by_spool = await cur.fetchone() is not None
+                found = [] if held_by_spool else await self._due(delays, held, now, limit=1)
+                for key, _ in found:
+                    await db.execute(
+                        "UPDATE dirty SET claimed_until = ? WHERE family = ? AND site = ? "
+                        "AND window = ? AND start_ns = ?",
+                        (now + CLAIM_S, *_where(key)),
+                    )
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                raise
+        if not found:
+            return None
+        key, version = found[0]
+        self._claims[key] = now + CLAIM_S
+        return key, version
 
     async def _due(
-        self, delays: dict[Window, timedelta], held: bool, now: float, *, claimed: bool
+        self,
+        delays: dict[Window, timedelta],
+        held: bool,
+        now: float,
+        *,
+        unclaimed: bool = True,
+        limit: int = -1,
     ) -> list[tuple[WindowKey, int]]:
-        found = []
-        async with self.db.execute(
-            "SELECT family, site, window, start_ns, since, touched, version FROM dirty "
-            "WHERE ? OR claimed_until <= ? ORDER BY start_ns, window",
-            (claimed, now),
-        ) as cur:
-            async for family, site, window, start_ns, since, touched, version in cur:
-                delay = delays[Window(window)].total_seconds()
-                quiet = not held and touched + delay <= now
-                if quiet or since + CEILING * delay <= now:
-                    key = WindowKey(family, site, Window(window), _from_ns(start_ns))
-                    found.append((key, int(version)))
-        return found
+        # Due-ness in SQL: a long backlog leaves thousands of windows marked.
+        delay = "CASE window " + " ".join("WHEN ? THEN ?" for _ in delays) + " END"
+        arguments: list[object] = [
+            v for w, d in delays.items() for v in (w.value, d.total_seconds())
+        ]
+        query = (
+            "SELECT family, site, window, start_ns, version FROM dirty "
+            f"WHERE (? OR claimed_until <= ?) AND ((NOT ? AND touched + ({delay}) <= ?) "
+            f"OR since + ? * ({delay}) <= ?) ORDER BY start_ns, window LIMIT ?"
+        )
+        parameters = [not unclaimed, now, held, *arguments, now, CEILING, *arguments, now, limit]
+        async with self.db.execute(query, parameters) as cur:
+            return [
+                (WindowKey(family, site, Window(window), _from_ns(start_ns)), int(version))
+                for family, site, window, start_ns, version in await cur.fetchall()
+            ]
 
     async def clear(self, key: WindowKey, version: int) -> bool:
-        """Forget a recomputed window unless it was marked again meanwhile (then its claim
-        ends: it is due again); True if forgotten."""
-        cur = await self.db.execute(
-            "DELETE FROM dirty WHERE family = ? AND site = ? AND window = ? AND start_ns = ? "
-            "AND version = ?",
-            (*_where(key), version),
-        )
-        forgotten = cur.rowcount > 0
-        if not forgotten:
-            await self.db.execute(
-                "UPDATE dirty SET claimed_until = 0 WHERE family = ? AND site = ? "
-                "AND window = ? AND start_ns = ?",
-                _where(key),
+        """Forget a recomputed window unless it was marked again meanwhile (then this worker's
+        claim on it ends: it is due again); True if forgotten."""
+        claimed = self._claims.pop(key, None)
+        async with self._lock:
+            cur = await self.db.execute(
+                "DELETE FROM dirty WHERE family = ? AND site = ? AND window = ? AND start_ns = ? "
+                "AND version = ?",
+                (*_where(key), version),
             )
-        await self.db.commit()
+            forgotten = cur.rowcount > 0
+            if not forgotten and claimed is not None:
+                await self._release_claim(key, claimed)
+            await self.db.commit()
         return forgotten
 
     async def defer(self, key: WindowKey) -> None:
         """Restart a window's delay (its recomputation failed): tried again, not in a hot loop."""
+        claimed = self._claims.pop(key, None)
+        async with self._lock:
+            await self.db.execute(
+                "UPDATE dirty SET since = ?1, touched = ?1 WHERE family = ?2 AND site = ?3 "
+                "AND window = ?4 AND start_ns = ?5",
+                (time.time(), *_where(key)),
+            )
+            if claimed is not None:
+                await self._release_claim(key, claimed)
+            await self.db.commit()
+
+    async def _release_claim(self, key: WindowKey, claimed_until: float) -> None:
+        # Only this worker's own claim: once it lapsed, another worker may hold a newer one.
         await self.db.execute(
-            "UPDATE dirty SET since = ?1, touched = ?1, claimed_until = 0 WHERE family = ?2 "
-            "AND site = ?3 AND window = ?4 AND start_ns = ?5",
-            (time.time(), *_where(key)),
+            "UPDATE dirty SET claimed_until = 0 WHERE family = ? AND site = ? AND window = ? "
+            "AND start_ns = ? AND claimed_until = ?",
+            (*_where(key), claimed_until),
         )
-        await self.db.commit()
 
     async def count(self) -> int:
-        async with self.db.execute("SELECT count(*) FROM dirty") as cur:
+        async with self._lock, self.db.execute("SELECT count(*) FROM dirty") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0

@@ -2,7 +2,9 @@
 a recomputer for the windows the written readings touched (docs/analytics.md)."""
 
 import asyncio
+import glob
 import logging
+import sqlite3
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ log = logging.getLogger("ecotel.ingest.derive")
 
 _TICK_S = 0.5
 _RETRY_S = 2.0
+_HOLD_WARN_S = 60.0
 
 
 class Deriver:
@@ -39,7 +42,7 @@ class Deriver:
         writer: InfluxWriter,
         state: Path,
         *,
-        absorb: Path | None = None,
+        absorb: str | None = None,
     ) -> None:
         self.settings = settings
         self.windows = WindowDeriver(settings, ingest.influx)
@@ -47,7 +50,16 @@ class Deriver:
         # More than two full batches waiting: the writer is not keeping up (a backlog).
         self._behind_points = 2 * ingest.batch.max_points
         self._state = DirtyWindows(state)
+        # Files of this host's workers from before a group shared one (glob beside ``state``).
         self._absorb = absorb
+        # Its name in the file's holds while its raw points wait in its spool.
+        self._holder = ingest.mqtt.session_id
+        self._holding = False
+        # A hold left by a killed run of this worker: released once its spool is empty.
+        self._stale_hold = True
+        # Deciding to hold or release and writing it to the file, as one step.
+        self._hold_lock = asyncio.Lock()
+        self._holds_checked = 0.0
         self._window_kinds = window_kinds(settings)
         self._written: list[tuple[set[WindowKey], Done]] = []
         self._wake = asyncio.Event()
@@ -63,18 +75,20 @@ class Deriver:
                 derive, settings, writer, derive.state_for(worker, settings.dead_letter.path)
             )
         # A shared group's workers mark windows in one file and claim those they recompute:
-        # each window is then recomputed once, not once per worker. A worker's own file
-        # from before is taken over.
-        own = derive.state_for(worker, settings.dead_letter.path)
+        # each window is then recomputed once, not once per worker. Workers' own files
+        # from before are taken over.
         shared = derive.state_for(None, settings.dead_letter.path)
-        return cls(derive, settings, writer, shared, absorb=own)
+        absorb = f"{glob.escape(shared.stem)}-worker*{glob.escape(shared.suffix)}"
+        return cls(derive, settings, writer, shared, absorb=absorb)
 
     async def __aenter__(self) -> Self:
         if self.settings.enabled:
             await self._state.__aenter__()
-            if self._absorb is not None and await asyncio.to_thread(self._absorb.exists):
-                taken = await self._state.absorb(self._absorb)
-                log.info("derive: %d marked windows taken over from %s", taken, self._absorb)
+            if self._absorb is not None:
+                folder, pattern = self._state.path.parent, self._absorb
+                for old in await asyncio.to_thread(lambda: sorted(folder.glob(pattern))):
+                    taken = await self._state.absorb(old)
+                    log.info("derive: %d marked windows taken over from %s", taken, old)
             pending = await self._state.count()
             if pending:
                 log.info(
@@ -155,7 +169,11 @@ class Deriver:
             keys: set[WindowKey] = set().union(*(k for k, _ in batch))
             while True:
                 try:
-                    await self._state.mark(keys)
+                    async with self._hold_lock:
+                        if self._writer.spooled:
+                            # Points wait in the spool: no worker may compute windows yet.
+                            self._holding = True
+                        await self._state.mark(keys, hold=self._holder if self._holding else None)
                     break
                 except Exception:  # a disk problem: hold the acks and retry
                     log.exception("derive: cannot mark windows in %s; retrying", self._state.path)
@@ -171,13 +189,22 @@ class Deriver:
             if self._writer.spooled:
                 continue
             try:
+                async with self._hold_lock:
+                    if (self._holding or self._stale_hold) and not self._writer.spooled:
+                        await self._state.release(self._holder)
+                        self._holding = self._stale_hold = False
                 # While behind, only windows past their ceiling: the backlog's later readings
                 # would touch the others again and the query load slows the catch-up.
-                held = self._writer.pending > self._behind_points
-                for key, version in await self._state.claim(delays, held=held):
+                while (
+                    claimed := await self._state.claim(
+                        delays, held=self._writer.pending > self._behind_points
+                    )
+                ) is not None:
+                    key, version = claimed
                     try:
                         await self.recompute(key)
                     except (InfluxError, httpx.HTTPError):
+                        await self._state.defer(key)
                         raise
                     except Exception:
                         # A rule that cannot take this window's data must not stop the
@@ -187,28 +214,70 @@ class Deriver:
                         await self._state.defer(key)
                         continue
                     await self._state.clear(key, version)
+                await self._warn_of_old_holds()
             except (InfluxError, httpx.HTTPError) as exc:
                 log.warning("derive: recomputation waits for InfluxDB (%s)", exc)
                 await asyncio.sleep(_RETRY_S)
+            except sqlite3.Error as exc:  # locked beyond the busy timeout, a full disk
+                log.warning("derive: recomputation waits for %s (%s)", self._state.path, exc)
+                await asyncio.sleep(_RETRY_S)
+
+    async def _warn_of_old_holds(self) -> None:
+        """Once a minute: say which other workers' spools keep the windows waiting, if long."""
+        now = time.time()
+        if now - self._holds_checked < _HOLD_WARN_S:
+            return
+        self._holds_checked = now
+        old = {
+            holder: since
+            for holder, since in (await self._state.holders()).items()
+            if holder != self._holder and now - since > _HOLD_WARN_S
+        }
+        for holder, since in sorted(old.items()):
+            log.warning(
+                "derive: windows wait for %s's spooled points (held for %.0f s); if that worker "
+                "no longer runs, start it once to write them (a hold left otherwise: "
+                "DELETE FROM holds WHERE holder = '%s' in %s)",
+                holder,
+                now - since,
+                holder,
+                self._state.path,
+            )
 
     async def recompute_marked(self) -> int:
         """Recompute every marked window now, whatever its delay; the number recomputed.
 
         A one-shot command's last step (``dead-letters replay``): nobody may be left to wait.
-        A window that cannot be recomputed stays marked for the ingest, and is logged.
+        It claims windows as the ingest's workers do, so none is recomputed by both, and
+        none while a worker's points wait in its spool. A window that cannot be recomputed
+        stays marked for the ingest, and is logged.
         """
         if not self.settings.enabled:
             return 0
         count = 0
-        for key, version in await self._state.due(dict.fromkeys(Window, timedelta(0))):
+        tried: set[WindowKey] = set()
+        now = dict.fromkeys(Window, timedelta(0))
+        while (claimed := await self._state.claim(now)) is not None:
+            key, version = claimed
+            if key in tried:  # failed once already: left to the ingest
+                await self._state.defer(key)
+                break
+            tried.add(key)
             try:
                 await self.recompute(key)
             except Exception:
                 log.exception("derive: cannot recompute %s; it stays marked", key)
                 self.failures += 1
+                await self._state.defer(key)
                 continue
             await self._state.clear(key, version)
             count += 1
+        left = await self._state.holders()
+        if left:
+            log.warning(
+                "derive: windows wait for the spools of %s; the ingest recomputes them",
+                ", ".join(sorted(left)),
+            )
         return count
 
     async def recompute(self, key: WindowKey) -> None:
