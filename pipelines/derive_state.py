@@ -11,6 +11,7 @@ it recomputes, so that each is recomputed once rather than by every worker.
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,8 +83,9 @@ class DirtyWindows(DurableSqlite):
 
     schema = _SCHEMA
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(path)
+        self.clock = clock
         # One connection, used by the marking and the recomputing tasks: a transaction of
         # one must not interleave with a statement of the other.
         self._lock = asyncio.Lock()
@@ -125,7 +127,7 @@ class DirtyWindows(DurableSqlite):
         its spool: held in the same transaction, so that no one claims them meanwhile."""
         if not keys and hold is None:
             return
-        now = time.time()
+        now = self.clock()
         async with self._lock:
             await self.db.executemany(
                 _MARK,
@@ -145,7 +147,7 @@ class DirtyWindows(DurableSqlite):
             await self.db.commit()
 
     async def holders(self) -> dict[str, float]:
-        """Who holds the file, since when (time.time())."""
+        """Who holds the file, since when (``clock()``, by default time.time())."""
         async with self._lock, self.db.execute("SELECT holder, since FROM holds") as cur:
             return {str(holder): float(since) for holder, since in await cur.fetchall()}
 
@@ -159,7 +161,7 @@ class DirtyWindows(DurableSqlite):
         every delay, each was computed ~50 times instead of once (docs/performance.md).
         """
         async with self._lock:
-            return await self._due(delays, held, time.time(), unclaimed=False)
+            return await self._due(delays, held, self.clock(), unclaimed=False)
 
     async def claim(
         self, delays: dict[Window, timedelta], *, held: bool = False
@@ -169,7 +171,7 @@ class DirtyWindows(DurableSqlite):
         mark windows in one file and each window is recomputed by one of them rather than
         by all (each a query load on InfluxDB); one at a time, so that a claim never
         outlasts its lease while other windows of a batch are recomputed."""
-        now = time.time()
+        now = self.clock()
         async with self._lock:
             db = self.db
             await db.execute("BEGIN IMMEDIATE")
@@ -242,7 +244,7 @@ class DirtyWindows(DurableSqlite):
             await self.db.execute(
                 "UPDATE dirty SET since = ?1, touched = ?1 WHERE family = ?2 AND site = ?3 "
                 "AND window = ?4 AND start_ns = ?5",
-                (time.time(), *_where(key)),
+                (self.clock(), *_where(key)),
             )
             if claimed is not None:
                 await self._release_claim(key, claimed)

@@ -4,11 +4,9 @@ CEILING delays however often touched; while the ingest is behind only the latter
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from pipelines import derive_state
 from pipelines.analytics.energy import Window
 from pipelines.derive_state import CEILING, DirtyWindows, WindowKey
 
@@ -17,14 +15,13 @@ KEY = WindowKey("traffic", "G109", Window.QUARTER_HOUR, datetime(2026, 1, 15, 2,
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    now = [1_000_000.0]
-    monkeypatch.setattr(derive_state, "time", SimpleNamespace(time=lambda: now[0]))
-    return now
+def clock() -> list[float]:
+    """The time the store reads (``DirtyWindows(clock=...)``), moved by the test."""
+    return [1_000_000.0]
 
 
 async def test_a_window_touched_again_waits_until_quiet(tmp_path: Path, clock: list[float]) -> None:
-    async with DirtyWindows(tmp_path / "d.sqlite3") as state:
+    async with DirtyWindows(tmp_path / "d.sqlite3", clock=lambda: clock[0]) as state:
         await state.mark({KEY})
         clock[0] += 8
         await state.mark({KEY})  # a backlog's next message
@@ -37,7 +34,7 @@ async def test_a_window_touched_again_waits_until_quiet(tmp_path: Path, clock: l
 async def test_a_window_touched_without_pause_is_due_at_its_ceiling(
     tmp_path: Path, clock: list[float]
 ) -> None:
-    async with DirtyWindows(tmp_path / "d.sqlite3") as state:
+    async with DirtyWindows(tmp_path / "d.sqlite3", clock=lambda: clock[0]) as state:
         await state.mark({KEY})
         for _ in range(CEILING * 10 - 1):
             clock[0] += 1
@@ -50,7 +47,7 @@ async def test_a_window_touched_without_pause_is_due_at_its_ceiling(
 async def test_while_held_only_windows_past_their_ceiling_are_due(
     tmp_path: Path, clock: list[float]
 ) -> None:
-    async with DirtyWindows(tmp_path / "d.sqlite3") as state:
+    async with DirtyWindows(tmp_path / "d.sqlite3", clock=lambda: clock[0]) as state:
         await state.mark({KEY})
         clock[0] += 11
         assert await state.due(DELAY, held=True) == []
@@ -73,7 +70,7 @@ async def test_a_file_from_before_the_debounce_keeps_its_marks(
             "INSERT INTO dirty VALUES ('traffic', 'G109', '15min', ?, ?, 0)",
             (int(KEY.start.timestamp()) * 1_000_000_000, clock[0]),
         )
-    async with DirtyWindows(path) as state:
+    async with DirtyWindows(path, clock=lambda: clock[0]) as state:
         assert [key for key, _ in await state.due(DELAY)] == [KEY]
         await state.mark({KEY})
         assert await state.due(DELAY) == []

@@ -5,9 +5,6 @@ claimed by one of them."""
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-
-import pytest
 
 from pipelines import derive_state
 from pipelines.analytics.energy import Window
@@ -48,14 +45,14 @@ async def test_a_window_waits_its_delay_and_a_failed_one_waits_again(tmp_path: P
         assert await state.count() == 1
 
 
-async def test_a_groups_workers_recompute_each_window_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_groups_workers_recompute_each_window_once(tmp_path: Path) -> None:
     # Two workers of a shared group on one host: one file, each window claimed by one of them.
     now = [1_000_000.0]
-    monkeypatch.setattr(derive_state, "time", SimpleNamespace(time=lambda: now[0]))
     path = tmp_path / "derive.sqlite3"
-    async with DirtyWindows(path) as a, DirtyWindows(path) as b:
+    async with (
+        DirtyWindows(path, clock=lambda: now[0]) as a,
+        DirtyWindows(path, clock=lambda: now[0]) as b,
+    ):
         await a.mark({KEY})
         await b.mark({KEY, OTHER})
         first, second = await a.claim(NOW), await b.claim(NOW)
