@@ -5,9 +5,7 @@ import asyncio
 import json
 import signal
 import sqlite3
-import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from pipelines.analytics.energy import Window
 from pipelines.derive_state import DirtyWindows
 from pipelines.influx_query import influx_query
 from pipelines.influx_writer import InfluxError
+from tests.test_ingest_spool import _until, spooling_ingest
 
 SITE, GATEWAY = "G109 K3012", "rsu-1"
 LANES = ("L1", "L2", "L3", "L4")
@@ -55,15 +54,6 @@ def _holders(path: Path) -> list[str]:
         return [row[0] for row in db.execute("SELECT holder FROM holds")]
 
 
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    try:
-        async with asyncio.timeout(60):
-            while not await check():  # noqa: ASYNC110  (polling other processes)
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 @pytest.mark.slow
 async def test_spooled_readings_hold_their_windows_until_written(tmp_path: Path) -> None:
     database = f"hold_{uuid.uuid4().hex[:8]}"
@@ -72,21 +62,7 @@ async def test_spooled_readings_hold_their_windows_until_written(tmp_path: Path)
         MosquittoServer(tmp_path / "broker") as broker,
         InfluxServer(tmp_path / "influx") as influx,
     ):
-        config = tmp_path / "ingest.toml"
-        config.write_text(
-            f'[mqtt]\nport = {broker.port}\nclient_id = "ingest-hold"\n'
-            f'[influx]\nurl = "{influx.url}"\ndatabase = "{database}"\ntimeout_s = 2.0\n'
-            "[batch]\nmax_delay_s = 0.1\nretry_max_s = 1.0\n"
-            f'[dead_letter]\npath = "{tmp_path / "dead.sqlite3"}"\n'
-            f'[spool]\npath = "{tmp_path / "spool.sqlite3"}"\n',
-            encoding="utf-8",
-        )
-        # The ingest's persistent session exists before anything is published.
-        async with aiomqtt.Client(
-            "127.0.0.1", broker.port, identifier="ingest-hold", clean_session=False
-        ) as session:
-            await session.subscribe(wire.READINGS_FILTER, qos=1)
-        command = [sys.executable, "-m", "pipelines", "run", "--config", str(config)]
+        command = await spooling_ingest(tmp_path, broker, influx, "ingest-hold", database)
         ingest = await asyncio.create_subprocess_exec(*command)
         try:
             async with aiomqtt.Client("127.0.0.1", broker.port) as gateway:

@@ -40,6 +40,27 @@ async def _until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
+async def spooling_ingest(
+    tmp_path: Path, broker: MosquittoServer, influx: InfluxServer, client_id: str, database: str
+) -> list[str]:
+    """The command of an ingest that spools to ``tmp_path``/spool.sqlite3 and retries fast,
+    its persistent session created before anything is published."""
+    config = tmp_path / "ingest.toml"
+    config.write_text(
+        f'[mqtt]\nport = {broker.port}\nclient_id = "{client_id}"\n'
+        f'[influx]\nurl = "{influx.url}"\ndatabase = "{database}"\ntimeout_s = 2.0\n'
+        "[batch]\nmax_delay_s = 0.1\nretry_max_s = 1.0\n"
+        f'[dead_letter]\npath = "{tmp_path / "dead.sqlite3"}"\n'
+        f'[spool]\npath = "{tmp_path / "spool.sqlite3"}"\n',
+        encoding="utf-8",
+    )
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, identifier=client_id, clean_session=False
+    ) as session:
+        await session.subscribe(wire.READINGS_FILTER, qos=1)
+    return [sys.executable, "-m", "pipelines", "run", "--config", str(config)]
+
+
 async def test_influxdb_outage_is_spooled_and_survives_a_kill_9(tmp_path: Path) -> None:
     database = f"spool_{uuid.uuid4().hex[:8]}"
     spool = tmp_path / "spool.sqlite3"
@@ -47,21 +68,7 @@ async def test_influxdb_outage_is_spooled_and_survives_a_kill_9(tmp_path: Path) 
         MosquittoServer(tmp_path / "broker") as broker,
         InfluxServer(tmp_path / "influx") as influx,
     ):
-        config = tmp_path / "ingest.toml"
-        config.write_text(
-            f'[mqtt]\nport = {broker.port}\nclient_id = "ingest-spool"\n'
-            f'[influx]\nurl = "{influx.url}"\ndatabase = "{database}"\ntimeout_s = 2.0\n'
-            f"[batch]\nmax_delay_s = 0.1\nretry_max_s = 1.0\n"
-            f'[dead_letter]\npath = "{tmp_path / "dead.sqlite3"}"\n'
-            f'[spool]\npath = "{spool}"\n',
-            encoding="utf-8",
-        )
-        # The ingest's persistent session exists before anything is published.
-        async with aiomqtt.Client(
-            "127.0.0.1", broker.port, identifier="ingest-spool", clean_session=False
-        ) as session:
-            await session.subscribe(wire.READINGS_FILTER, qos=1)
-        command = [sys.executable, "-m", "pipelines", "run", "--config", str(config)]
+        command = await spooling_ingest(tmp_path, broker, influx, "ingest-spool", database)
         ingest = await asyncio.create_subprocess_exec(*command)
         try:
             await _publish(broker.port, range(50))
