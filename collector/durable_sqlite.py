@@ -1,20 +1,30 @@
 """An SQLite file opened for durability: WAL, ``synchronous=FULL``, its schema, ``async with``.
 
-Shared by the gateway's outbox and the ingest's dead-letter store: both
-promise that what they committed survives kill -9 and power loss.
+Shared by the gateway's outbox and the ingest's stores, some of them one file for several
+worker processes: all promise that what they committed survives kill -9 and power loss.
 """
 
+import asyncio
+import logging
+import sqlite3
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
 import aiosqlite
 
+log = logging.getLogger("ecotel.sqlite")
+
 
 class DurableSqlite:
     """Base of a store in one SQLite file; subclasses set ``schema`` and may extend ``opened``."""
 
     schema: ClassVar[str]
+    busy_timeout_s: ClassVar[float] = 5.0
+    """SQLite's own wait for another connection's lock, per statement."""
+    open_timeout_s: ClassVar[float] = 60.0
+    """How long opening retries a file another process holds locked."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -22,19 +32,48 @@ class DurableSqlite:
 
     async def __aenter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
+        self._db = await aiosqlite.connect(self.path, timeout=self.busy_timeout_s)
+        try:
+            await self._prepare()
+        except BaseException:
+            # The connection's thread is not a daemon: left open, it would keep a failed
+            # process alive (a hung worker that its supervisor never restarts).
+            await self._db.close()
+            self._db = None
+            raise
+        return self
+
+    async def _prepare(self) -> None:
+        # Two workers creating a shared file at once: switching it to WAL can fail at once
+        # with "database is locked", without SQLite's busy wait (1 start in ~25 measured).
+        deadline = time.monotonic() + self.open_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                await self._setup()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s is locked by another process (%s); retrying", self.path, exc)
+                await self.db.rollback()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _setup(self) -> None:
+        db = self.db
         # WAL lets readers (an operator's sqlite3 shell) work while we write;
         # FULL, because with NORMAL a committed transaction can roll back
         # after a power cut (../shared/RELIABILITY.md, edge storage).
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.executescript(self.schema)
-        await self._db.commit()
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.executescript(self.schema)
+        await db.commit()
         await self.opened()
-        return self
 
     async def opened(self) -> None:
-        """Called once the file is open and its schema in place."""
+        """Called once the file is open and its schema in place; again if opening is retried
+        (the file was locked), so it must be safe to repeat."""
 
     async def __aexit__(
         self,

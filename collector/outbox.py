@@ -113,8 +113,10 @@ class Outbox(DurableSqlite):
     async def opened(self) -> None:
         async with self.db.execute("PRAGMA table_info(readings)") as cur:
             columns = {row[1] async for row in cur}
-        if "held" not in columns:  # an outbox written before clock sanity existed
-            for ddl in ("held INTEGER NOT NULL DEFAULT 0", "boot TEXT", "mono REAL"):
+        # An outbox written before clock sanity existed; column by column, as each ALTER
+        # commits on its own and opening may be retried.
+        for ddl in ("held INTEGER NOT NULL DEFAULT 0", "boot TEXT", "mono REAL"):
+            if ddl.split()[0] not in columns:
                 await self.db.execute(f"ALTER TABLE readings ADD COLUMN {ddl}")
         # Held readings are few: found through this index, never by a scan of all.
         await self.db.execute(
