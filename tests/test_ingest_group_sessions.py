@@ -3,12 +3,16 @@ message would wait at the broker, unread. Through the real CLI, against a real b
 
 import asyncio
 import json
+import multiprocessing
 import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from deploy.servers import InfluxServer, MosquittoServer
+from pipelines.config import for_worker, load_ingest_config
+from pipelines.group_sessions import record_sessions
 
 CLIENT_ID, GROUP = "ingest-sessions", "sessions"
 
@@ -77,3 +81,31 @@ async def test_a_damaged_record_is_named_not_ignored(tmp_path: Path) -> None:
     err = await _refused(config, "--workers", "3")
     assert str(record) in err
     assert "fix or remove it" in err
+
+
+def _record_workers(config: Path, first: int, start: Any) -> None:
+    """One worker process started by hand, as many as a unit file per worker starts at boot."""
+    settings = load_ingest_config(config)
+    start.wait()
+    for worker in range(first, first + 20):
+        own = for_worker(settings, worker)
+        record_sessions(own, [own.mqtt.session_id])
+
+
+def test_workers_started_by_hand_at_once_are_all_recorded(tmp_path: Path) -> None:
+    # Each record is a read and a rewrite of one file: without a lock, two at once keep only
+    # one of their sessions, and a supervisor started later would strand the other's share.
+    config = _config(tmp_path, 1883, "http://127.0.0.1:8086")
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(6)
+    processes = [
+        context.Process(target=_record_workers, args=(config, n * 100, start)) for n in range(6)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    record = json.loads((tmp_path / "state" / "mqtt-sessions.json").read_text())
+    (recorded,) = record["groups"].values()
+    assert len(recorded) == 120
