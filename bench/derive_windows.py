@@ -1,6 +1,7 @@
 """``python -m bench.derive_windows``: what the derived measurements cost: per reading on the
 ingest's hot path, and per window recomputed from a real InfluxDB (figures in docs/analytics.md)."""
 
+import argparse
 import asyncio
 import statistics
 import tempfile
@@ -141,6 +142,7 @@ async def _main() -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(prog="python -m bench derive", description=__doc__).parse_args()
     asyncio.run(_main())
 
 

@@ -154,6 +154,15 @@ class Gateway:
                 clock_watch.cancel()
                 for source in sources.values():
                     await source.close()
+                if self.outbox.pending:
+                    # Otherwise a stop with the link down looks like a hang for drain_timeout_s.
+                    log.info(
+                        "gateway %s stopping: publishing %d readings from the outbox (up to "
+                        "%g s; the rest stays there for the next start)",
+                        ident.id,
+                        self.outbox.pending,
+                        drain_timeout_s,
+                    )
                 try:
                     async with asyncio.timeout(drain_timeout_s):
                         await asyncio.shield(publisher)

@@ -75,7 +75,7 @@ def find_free_port() -> int:
         return port
 
 
-def _toml_str(value: str | Path) -> str:
+def toml_str(value: str | Path) -> str:
     # A JSON string literal is a valid TOML basic string, escapes included.
     return json.dumps(str(value))
 
@@ -403,14 +403,14 @@ class InfluxServer(_ManagedServer):
 reporting-disabled = true
 reporting-enabled = false
 # Backup/restore RPC; its default 8088 would collide between several servers.
-bind-address = {_toml_str(f"{HOST}:{self._rpc_port}")}
+bind-address = {toml_str(f"{HOST}:{self._rpc_port}")}
 
 [meta]
-  dir = {_toml_str(data / "meta")}
+  dir = {toml_str(data / "meta")}
 
 [data]
-  dir = {_toml_str(data / "data")}
-  wal-dir = {_toml_str(data / "wal")}
+  dir = {toml_str(data / "data")}
+  wal-dir = {toml_str(data / "wal")}
   query-log-enabled = false
 
 [monitor]
@@ -421,7 +421,7 @@ bind-address = {_toml_str(f"{HOST}:{self._rpc_port}")}
 
 [http]
   enabled = true
-  bind-address = {_toml_str(f"{HOST}:{self._port}")}
+  bind-address = {toml_str(f"{HOST}:{self._port}")}
   log-enabled = false
   unix-socket-enabled = false
   auth-enabled = {"true" if self.auth_enabled else "false"}

@@ -21,24 +21,14 @@ from collector.config import DeviceSettings, GatewaySettings, SimulatorSource, l
 from collector.gateway import Gateway
 from dashboards.provisioning import write_provisioning
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port, require_binaries
+from deploy.stack_ingest_config import DATABASE, write_stack_ingest_config
 from devices import KINDS, Domain
-from pipelines.config import (
-    ApiSettings,
-    ApiToken,
-    BatchSettings,
-    DeadLetterSettings,
-    InfluxSettings,
-    IngestSettings,
-    MqttSettings,
-    load_ingest_config,
-)
-from pipelines.derive_config import DeriveSettings
+from pipelines.config import load_ingest_config
 from pipelines.influx_query import influx_query
 from pipelines.service import IngestService
 
 log = logging.getLogger("ecotel.stack")
 
-DATABASE = "ecotel"
 GATEWAY_SAMPLES = ("ecology.toml", "highway.toml", "datacenter.toml")
 
 
@@ -64,6 +54,9 @@ class StackReport:
     """Readings the gateways' full buffers dropped before publishing (counted, logged)."""
     written_by_domain: dict[str, int]
     rejected: int
+    """Readings refused one by one (their messages' other readings were stored)."""
+    rejected_messages: int
+    """Whole messages refused (not UTF-8, not JSON, another gateway's topic, ...)."""
     stored_by_measurement: dict[str, int]
     influx_url: str
     mqtt_port: int
@@ -110,12 +103,6 @@ def sample_gateways(options: StackOptions, mqtt_port: int) -> list[GatewaySettin
     return gateways
 
 
-def sample_derive() -> DeriveSettings:
-    """The shipped sample ingest config's [derive] section: the sample data center's meter map."""
-    with resources.as_file(resources.files("deploy") / "ingest" / "ingest.toml") as path:
-        return load_ingest_config(path).derive
-
-
 async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
     """Run everything until ``stop`` is set or the duration has passed; then shut down cleanly."""
     require_binaries()
@@ -131,30 +118,23 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
         print(f"  dashboards {len(written)} Grafana provisioning files under {data / 'grafana'}")
         api_port = find_free_port()
         token_file, token = await asyncio.to_thread(_api_token, data)
-        ingest = IngestService(
-            IngestSettings(
-                mqtt=MqttSettings(port=broker.port, client_id="ecotel-ingest-stack"),
-                influx=InfluxSettings(url=influx.url, database=DATABASE),
-                batch=BatchSettings(max_delay_s=0.5),
-                dead_letter=DeadLetterSettings(path=data / "ingest" / "dead-letters.sqlite3"),
-                # The fleet dashboard's ingest panels draw from these points.
-                stats_interval_s=10,
-                derive=sample_derive(),
-                api=ApiSettings(
-                    enabled=True,
-                    port=api_port,
-                    tokens=[ApiToken(token=token, name="local stack operator")],
-                ),
-            )
+        # One file for the stack's ingest and for the operator's `ecotel-ingest --config`.
+        config = await asyncio.to_thread(
+            write_stack_ingest_config,
+            data,
+            mqtt_port=broker.port,
+            influx_url=influx.url,
+            api_port=api_port,
+            token=token,
         )
+        ingest = IngestService(await asyncio.to_thread(load_ingest_config, config))
         print(
             f"  ingest API http://127.0.0.1:{api_port}   (/metrics, /readyz, /docs; bearer token "
             f"in {token_file})"
         )
         print(
-            "  dead letters ECOTEL_INGEST_DEAD_LETTER__PATH="
-            f"{shlex.quote(str(data / 'ingest' / 'dead-letters.sqlite3'))} "
-            f"{Path(sys.executable).parent / 'ecotel-ingest'} dead-letters list"
+            f"  dead letters {Path(sys.executable).parent / 'ecotel-ingest'} "
+            f"--config {shlex.quote(str(config))} dead-letters list   (counts, show N, replay N)"
         )
         gateways = [Gateway(s) for s in sample_gateways(options, broker.port)]
         for gw in gateways:
@@ -190,6 +170,7 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
             dropped=sum(gw.stats.dropped for gw in gateways),
             written_by_domain=_by_domain(ingest.stats.written_by_kind),
             rejected=ingest.stats.rejected,
+            rejected_messages=sum(ingest.stats.rejected_messages.values()),
             stored_by_measurement=stored,
             influx_url=influx.url,
             mqtt_port=broker.port,
@@ -256,7 +237,8 @@ async def _progress(
         pending = sum(gw.pending for gw in gateways)
         print(
             f"[{now - started:6.0f} s] stored/s: {rates}   stored {ingest.stats.written:,}"
-            f"   rejected {ingest.stats.rejected}   in flight {pending}",
+            f"   rejected {ingest.stats.rejected} readings, "
+            f"{sum(ingest.stats.rejected_messages.values())} messages   in flight {pending}",
             flush=True,
         )
         previous, last = current, now
@@ -286,7 +268,8 @@ def _print_report(report: StackReport, data: Path) -> None:
     rate = report.written / report.elapsed_s if report.elapsed_s else 0.0
     print(
         f"\nstopped after {report.elapsed_s:.0f} s: {report.published:,} readings published, "
-        f"{report.written:,} written to InfluxDB ({rate:,.1f}/s), {report.rejected} rejected"
+        f"{report.written:,} written to InfluxDB ({rate:,.1f}/s), {report.rejected} readings "
+        f"and {report.rejected_messages} whole messages rejected (kept as dead letters)"
         + (f", {report.dropped:,} dropped by full gateway buffers" if report.dropped else "")
     )
     extra = report.written - report.published
@@ -303,11 +286,11 @@ def _print_report(report: StackReport, data: Path) -> None:
         print(f"  {name:<20} {domain:<11} {count:>10,} points")
     bin_dir = Path(sys.executable).parent
     query = shlex.quote("SELECT * FROM water_quality ORDER BY time DESC LIMIT 5")
-    dead = shlex.quote(str(data / "ingest" / "dead-letters.sqlite3"))
+    config = shlex.quote(str(data / "ingest" / "ingest.toml"))
     print(
         "\nlook at the data:\n"
         f"  {bin_dir / 'ecotel-stack'} query --data-dir {shlex.quote(str(data))} {query}\n"
-        f"  ECOTEL_INGEST_DEAD_LETTER__PATH={dead} {bin_dir / 'ecotel-ingest'} dead-letters list\n"
+        f"  {bin_dir / 'ecotel-ingest'} --config {config} dead-letters list\n"
         f"  Grafana: mount {data / 'grafana' / 'provisioning'} as /etc/grafana/provisioning "
         f"and {data / 'grafana' / 'dashboards'} as its dashboards folder (deploy/grafana/README.md)"
     )

@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start Mosquitto and InfluxDB on free loopback ports, the ingest service and "
         "one simulated gateway per domain (Sanjiangyuan ecology, smart highway, data center); "
         "show readings flowing and stored; write the Grafana dashboards.",
+        epilog="Without a command: run. Its options (--duration, --fresh, --interval, --scale, "
+        "--data-dir, --log-level): ecotel-stack run --help",
     )
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the stack (the default command)")

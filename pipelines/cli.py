@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         # Workers share the supervisor's stderr: each line says whose it is.
         log_format = LOG_FORMAT if worker is None else WORKER_LOG_FORMAT.format(worker=worker)
         logging.basicConfig(level=args.log_level.upper(), format=log_format)
+        if logging.getLogger().level > logging.DEBUG:
+            # httpx logs every request at INFO: a line per batch written buries the ingest's own.
+            logging.getLogger("httpx").setLevel(logging.WARNING)
         refused: MqttRefused | None = None
         try:
             asyncio.run(_run(IngestService(settings), watch_parent=args.worker is not None))
@@ -316,13 +319,20 @@ async def _exit_with_parent(main: asyncio.Task[None]) -> None:
 async def _dead_letters(settings: IngestSettings, args: argparse.Namespace) -> int:
     path = settings.dead_letter.path
     if not path.exists():
-        print(f"no dead-letter store at {path}", file=sys.stderr)
+        print(
+            f"no dead-letter store at {path} (dead_letter.path; the ingest makes it when it "
+            "first starts; the local stack's: --config ecotel-data/ingest/ingest.toml)",
+            file=sys.stderr,
+        )
         return 1
     if args.action == "replay":
         return await _replay(settings, args)
     async with DeadLetterStore(path) as store:
         if args.action == "counts":
-            for reason, count in (await store.counts()).items():
+            counts = await store.counts()
+            if not counts:
+                print(f"no dead letters in {path}")
+            for reason, count in counts.items():
                 print(f"{count:8d}  {reason}")
         elif args.action == "list":
             letters = await store.list(reason=args.reason, limit=args.limit)

@@ -33,7 +33,7 @@ def test_stack_shows_progress_per_domain_and_a_final_count(stack_output: tuple[P
     assert progress, out
     for domain in Domain:
         assert f"{domain.value} " in progress[-1]
-    assert "0 rejected" in out
+    assert "0 readings and 0 whole messages rejected" in out
     for kind in KINDS:
         match = re.search(rf"^  {kind}\s+\w+\s+([\d,]+) points$", out, re.MULTILINE)
         assert match, f"no stored count for {kind} in:\n{out}"
@@ -59,6 +59,24 @@ def test_query_reads_a_stopped_stacks_data(stack_output: tuple[Path, str]) -> No
     )
     count = int(done.stdout.strip().splitlines()[-1].split("\t")[-1])
     assert count > 0
+
+
+def test_the_printed_dead_letter_command_reaches_the_stacks_store(
+    stack_output: tuple[Path, str],
+) -> None:
+    data, out = stack_output
+    config = data / "ingest" / "ingest.toml"
+    assert f"--config {config} dead-letters list" in out
+    assert config.stat().st_mode & 0o077 == 0  # it holds the operator's API token
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", "--config", str(config), "dead-letters", "counts"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert str(data / "ingest" / "dead-letters.sqlite3") in done.stdout + done.stderr
 
 
 def test_help_answers() -> None:
