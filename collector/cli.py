@@ -10,6 +10,7 @@ from pathlib import Path
 from collector.broker_link import tls_context
 from collector.config import load_gateway_config
 from collector.gateway import BrokerRefused, Gateway
+from collector.process_lock import InUse
 from collector.settings_loader import ConfigError
 from collector.systemd_notify import keep_watchdog_fed, notify
 
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecotel-gateway: {exc}", file=sys.stderr)
         # EX_CONFIG: the unit's RestartPreventExitStatus keeps systemd from looping on it.
         return 78
+    except InUse as exc:
+        # A second gateway on the same outbox (gateway.state_dir and gateway.id).
+        print(f"ecotel-gateway: {exc}; stop it first", file=sys.stderr)
+        return 2
     return 0
 
 

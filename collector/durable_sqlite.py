@@ -10,9 +10,11 @@ import sqlite3
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TextIO
 
 import aiosqlite
+
+from collector.process_lock import lock_exclusively
 
 log = logging.getLogger("ecotel.sqlite")
 
@@ -25,23 +27,39 @@ class DurableSqlite:
     """SQLite's own wait for another connection's lock, per statement."""
     open_timeout_s: ClassVar[float] = 60.0
     """How long opening retries a file another process holds locked."""
+    single_process: ClassVar[bool] = False
+    """Refuse a file another process has open (``<file>.lock``): for a store whose counters
+    live in its one process's memory, which a second writer would silently corrupt."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._process_lock: TextIO | None = None
 
     async def __aenter__(self) -> Self:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, timeout=self.busy_timeout_s)
+        if self.single_process:
+            lock = self.path.with_name(f"{self.path.name}.lock")
+            self._process_lock = await asyncio.to_thread(lock_exclusively, lock, str(self.path))
         try:
-            await self._prepare()
+            self._db = await aiosqlite.connect(self.path, timeout=self.busy_timeout_s)
+            try:
+                await self._prepare()
+            except BaseException:
+                # The connection's thread is not a daemon: left open, it would keep a failed
+                # process alive (a hung worker that its supervisor never restarts).
+                await self._db.close()
+                self._db = None
+                raise
         except BaseException:
-            # The connection's thread is not a daemon: left open, it would keep a failed
-            # process alive (a hung worker that its supervisor never restarts).
-            await self._db.close()
-            self._db = None
+            self._unlock()
             raise
         return self
+
+    def _unlock(self) -> None:
+        if self._process_lock is not None:
+            self._process_lock.close()
+            self._process_lock = None
 
     async def _prepare(self) -> None:
         # Two workers creating a shared file at once: switching it to WAL can fail at once
@@ -84,6 +102,7 @@ class DurableSqlite:
         if self._db is not None:
             await self._db.close()
             self._db = None
+        self._unlock()
 
     @property
     def db(self) -> aiosqlite.Connection:

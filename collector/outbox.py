@@ -70,6 +70,9 @@ class Outbox(DurableSqlite):
     """Store-and-forward of readings on disk, with a byte budget and a policy for when it is full."""
 
     schema = _SCHEMA
+    # Its counts are kept in memory and written back whole: two gateways on one outbox would
+    # each write their own, and its pending count would be wrong for good.
+    single_process = True
 
     def __init__(
         self,
@@ -142,6 +145,12 @@ class Outbox(DurableSqlite):
             count, size = int(row[0]), int(row[1])
             async with self._transaction():
                 await self._store_counts(count, size)
+        if count and (await self._one("SELECT max(id) FROM readings"))[0] is None:
+            # Counts written by two processes at once before the outbox was locked: none left.
+            log.warning("outbox %s counted %d readings and holds none: reset", self.path, count)
+            count = size = 0
+            async with self._transaction():
+                await self._store_counts(0, 0)
         self._count, self._bytes = count, size
         self.held = int((await self._one("SELECT count(*) FROM readings WHERE held = 1"))[0])
         # Whatever is on disk at start is backlog: it waited through an outage.

@@ -13,12 +13,15 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TextIO
 
 from collector.config import DeviceSettings, GatewaySettings, SimulatorSource, load_gateway_config
 from collector.gateway import Gateway
+from collector.process_lock import InUse, lock_exclusively
 from dashboards.provisioning import write_provisioning
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port, require_binaries
 from deploy.stack_ingest_config import DATABASE, write_stack_ingest_config
@@ -29,6 +32,7 @@ from pipelines.service import IngestService
 
 log = logging.getLogger("ecotel.stack")
 
+STACK_LOCK = "stack.lock"
 GATEWAY_SAMPLES = ("ecology.toml", "highway.toml", "datacenter.toml")
 
 
@@ -106,9 +110,10 @@ def sample_gateways(options: StackOptions, mqtt_port: int) -> list[GatewaySettin
 async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
     """Run everything until ``stop`` is set or the duration has passed; then shut down cleanly."""
     require_binaries()
-    data = await asyncio.to_thread(_prepare_data_dir, options)
+    data, lock = await asyncio.to_thread(_prepare_data_dir, options)
     print(f"ecotel stack: data under {data}")
     async with (
+        _held(lock),
         MosquittoServer(data / "mosquitto") as broker,
         InfluxServer(data / "influxdb") as influx,
     ):
@@ -189,12 +194,28 @@ def _api_token(data: Path) -> tuple[Path, str]:
     return path, path.read_text(encoding="utf-8").strip()
 
 
-def _prepare_data_dir(options: StackOptions) -> Path:
+@contextlib.asynccontextmanager
+async def _held(lock: TextIO) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+def _prepare_data_dir(options: StackOptions) -> tuple[Path, TextIO]:
+    """The data dir, held by this stack: a second one there would start a second Mosquitto
+    and InfluxDB on the same files, and a second gateway on each outbox."""
     data = options.data_dir.absolute()
-    if options.fresh and data.exists():
-        shutil.rmtree(data)
-    data.mkdir(parents=True, exist_ok=True)
-    return data
+    lock = lock_exclusively(data / STACK_LOCK, f"the stack's data dir {data}")
+    if options.fresh:
+        for entry in data.iterdir():
+            if entry.name == STACK_LOCK:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    return data, lock
 
 
 async def _settle(ingest: IngestService, published: int, timeout_s: float = 30.0) -> None:
@@ -297,15 +318,36 @@ def _print_report(report: StackReport, data: Path) -> None:
 
 
 async def query_stack(data_dir: Path, query: str) -> list[str]:
-    """Start InfluxDB on a stopped stack's data dir, run one InfluxQL query, format the result."""
-    require_binaries()
+    """One InfluxQL query on a stack's data, formatted: through its InfluxDB while it runs, else
+    on an InfluxDB started on its data dir for the query."""
+    data = await asyncio.to_thread(data_dir.absolute)
+    if not await asyncio.to_thread((data / "influxdb" / "meta").is_dir):
+        raise StackDataMissing(
+            f"no stack data under {data} (run ecotel-stack first, or give --data-dir)"
+        )
+    try:
+        lock = await asyncio.to_thread(lock_exclusively, data / STACK_LOCK, str(data))
+    except InUse:
+        # The stack runs: its own InfluxDB answers (a second one on its files must not start).
+        running = await asyncio.to_thread(load_ingest_config, data / "ingest" / "ingest.toml")
+        return await _query(running.influx.url, query)
+    with lock:
+        require_binaries()
+        async with InfluxServer(data / "influxdb") as influx:
+            return await _query(influx.url, query)
+
+
+class StackDataMissing(RuntimeError):
+    """``ecotel-stack query`` on a directory where no stack has run."""
+
+
+async def _query(url: str, query: str) -> list[str]:
     lines: list[str] = []
-    async with InfluxServer(data_dir / "influxdb") as influx:
-        for series in await influx_query(influx.url, query, database=DATABASE):
-            tags = " ".join(f"{k}={v}" for k, v in series.tags.items())
-            lines.append(f"{series.name} {tags}".rstrip())
-            lines.append("  " + "\t".join(series.columns))
-            lines += [
-                "  " + "\t".join("" if v is None else str(v) for v in row) for row in series.values
-            ]
-    return lines
+    for series in await influx_query(url, query, database=DATABASE):
+        tags = " ".join(f"{k}={v}" for k, v in series.tags.items())
+        lines.append(f"{series.name} {tags}".rstrip())
+        lines.append("  " + "\t".join(series.columns))
+        lines += [
+            "  " + "\t".join("" if v is None else str(v) for v in row) for row in series.values
+        ]
+    return lines or ["(no rows)"]

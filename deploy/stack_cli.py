@@ -7,9 +7,10 @@ import signal
 import sys
 from pathlib import Path
 
+from collector.process_lock import InUse
 from collector.settings_loader import ConfigError
 from deploy.servers import ServerStartError
-from deploy.stack import StackOptions, query_stack, run_stack
+from deploy.stack import StackDataMissing, StackOptions, query_stack, run_stack
 from pipelines.influx_writer import InfluxError
 
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         asyncio.run(_run(options))
         return 0
-    except (ServerStartError, ConfigError, InfluxError) as exc:
+    except (ServerStartError, ConfigError, InfluxError, InUse, StackDataMissing) as exc:
         print(f"ecotel-stack: {exc}", file=sys.stderr)
         return 1
 

@@ -61,3 +61,43 @@ def test_unit_file_runs_unprivileged_with_restart_and_watchdog() -> None:
     assert int(service["WatchdogSec"]) > 0
     assert "ecotel-gateway run --config" in service["ExecStart"]
     assert unit["Unit"]["StartLimitIntervalSec"] == "0"
+
+
+async def test_a_second_gateway_on_the_same_outbox_is_refused_naming_the_first(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    # Two writers would each keep their own count of what the outbox holds, and its pending
+    # count (health, stop, drain) would stay wrong for good.
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'[gateway]\nid = "twin-gw"\nsite = "svc"\nstate_dir = "{tmp_path / "state"}"\n'
+        f"[broker]\nport = {mosquitto.port}\n"
+        '[[devices]]\nid = "aws"\nkind = "weather"\ninterval_s = 1\n'
+        'source = { type = "simulator", seed = 1 }\n',
+        encoding="utf-8",
+    )
+    run = [sys.executable, "-m", "collector", "run", "--config", str(config)]
+    first = await asyncio.create_subprocess_exec(*run, stderr=asyncio.subprocess.PIPE)
+    assert first.stderr is not None
+    async with asyncio.timeout(30):
+        while b"readings waiting in" not in await first.stderr.readline():
+            pass
+    second = await asyncio.create_subprocess_exec(*run, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        _, err = await second.communicate()
+    assert second.returncode == 2, err.decode()
+    assert f"in use by another process (pid {first.pid}" in err.decode()
+    first.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        await first.communicate()
+    assert first.returncode == 0
+    # Once the first has stopped, the outbox is free again.
+    again = await asyncio.create_subprocess_exec(*run, stderr=asyncio.subprocess.PIPE)
+    assert again.stderr is not None
+    async with asyncio.timeout(30):
+        while b"readings waiting in" not in await again.stderr.readline():
+            pass
+    again.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        await again.communicate()
+    assert again.returncode == 0

@@ -1,6 +1,7 @@
 """The main job as a user runs it: ``ecotel-stack`` for a few seconds, then ``ecotel-stack query``."""
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,57 @@ def test_help_answers() -> None:
     done = subprocess.run([*STACK, "run", "--help"], capture_output=True, text=True, check=True)
     for option in ("--duration", "--data-dir", "--fresh", "--interval", "--scale"):
         assert option in done.stdout
+
+
+@pytest.mark.slow
+def test_a_running_stack_holds_its_data_dir_and_answers_queries(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    running = subprocess.Popen(
+        [*STACK, "run", "--data-dir", str(data), "--duration", "60", "--interval", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None
+        for line in running.stdout:
+            if "Ctrl-C stops" in line:
+                break
+        # A second stack would start a second Mosquitto and InfluxDB on the same files.
+        second = subprocess.run(
+            [*STACK, "run", "--data-dir", str(data), "--duration", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 1
+        assert f"in use by another process (pid {running.pid}" in second.stderr
+        # A query goes to the running stack's own InfluxDB.
+        query = subprocess.run(
+            [*STACK, "query", "--data-dir", str(data), "SHOW MEASUREMENTS"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert query.returncode == 0, query.stderr
+        assert "measurements" in query.stdout
+    finally:
+        running.send_signal(signal.SIGINT)
+        out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    assert "stopped after" in out
+
+
+def test_query_where_no_stack_ran_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*STACK, "query", "--data-dir", str(tmp_path / "none"), "SHOW MEASUREMENTS"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "no stack data under" in done.stderr
+    assert not (tmp_path / "none").exists()
