@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import aiosqlite
 import pytest
 
 from collector import wire
@@ -194,3 +195,21 @@ async def test_kill_9_mid_drain_loses_nothing_and_resends_the_same_bytes(
     async with Outbox(state / f"{GATEWAY}.outbox.sqlite3", max_bytes=10**9) as outbox:
         assert outbox.pending == 0
         assert await outbox.inflight() is None
+
+
+async def test_counts_left_by_two_writers_with_nothing_held_are_reset(tmp_path: Path) -> None:
+    # Before the outbox was locked, two gateways on one file each wrote back their own
+    # count; one run left "9 readings" in an empty outbox, and every stop since waited to
+    # publish them.
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox(path, max_bytes=10**9, boot_id="b1") as outbox:
+        await outbox.add(_backlog(3))
+        assert outbox.pending > 0
+    async with aiosqlite.connect(path) as db:
+        await db.execute("DELETE FROM readings")
+        await db.execute("UPDATE meta SET value = 9 WHERE key = 'count'")
+        await db.commit()
+    async with Outbox(path, max_bytes=10**9, boot_id="b1") as outbox:
+        assert outbox.pending == 0
+    async with Outbox(path, max_bytes=10**9, boot_id="b1") as outbox:
+        assert outbox.pending == 0  # and written back
