@@ -399,7 +399,10 @@ async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
         # The windows the stored readings touched: recomputed before this command ends.
         windows = await service.derive.recompute_marked()
         if windows:
-            print(f"{windows} derived windows recomputed")
+            print(
+                f"{windows} derived windows recomputed (those these readings touched, and any "
+                "a running ingest had marked)"
+            )
     return 1 if refused or service.derive.failures else 0
 
 
