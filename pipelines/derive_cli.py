@@ -107,6 +107,15 @@ async def _show_progress(
 
 
 async def run_derive(settings: IngestSettings, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    if args.end > now:
+        # Windows after now have no readings yet: they would be written as incomplete figures.
+        print(
+            f"ecotel-ingest derive: --to {args.end.isoformat()} is in the future; "
+            f"recomputing up to now ({now.isoformat(timespec='seconds')})",
+            file=sys.stderr,
+        )
+        args.end = now
     if args.end <= args.start:
         print("ecotel-ingest derive: --to must be after --from", file=sys.stderr)
         return 2

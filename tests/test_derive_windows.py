@@ -326,6 +326,29 @@ async def test_derive_command_recomputes_a_past_range(
     assert road[0].values[0][1:] == [1.0, 60.0]
 
 
+async def test_derive_stops_at_now_rather_than_write_windows_that_have_not_begun(
+    influxdb: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, influxdb.url, influx_db, DERIVE)
+    now = datetime.now(UTC)
+    done = _cli(
+        "--config",
+        str(config),
+        "derive",
+        "--from",
+        (now - timedelta(hours=1)).isoformat(),
+        "--to",
+        (now + timedelta(hours=3)).isoformat(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "is in the future; recomputing up to now" in done.stderr
+    assert await _figures(influxdb.url, influx_db, "pue")  # the past hour's windows
+    future = await influx_query(
+        influxdb.url, "SELECT * FROM pue WHERE time > now()", database=influx_db
+    )
+    assert future == []
+
+
 def test_a_bad_meter_map_stops_the_command_naming_the_key(tmp_path: Path) -> None:
     bad = json.loads(json.dumps(DERIVE))
     bad["datacenters"][0]["it"][0]["circuit"] = "cooling"
