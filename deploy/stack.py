@@ -156,11 +156,13 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
             async with asyncio.timeout(30):
                 await ingest.connected.wait()
             gateway_tasks = [tasks.create_task(gw.run()) for gw in gateways]
-            progress = tasks.create_task(_progress(ingest, gateways, started, options))
+            draining = asyncio.Event()
+            progress = tasks.create_task(_progress(ingest, gateways, started, options, draining))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(options.duration_s):
                     await stop.wait()
             print("stopping: gateways flush what they hold, the ingest writes what it has ...")
+            draining.set()
             for gw in gateways:
                 gw.stop()
             await asyncio.gather(*gateway_tasks)
@@ -243,7 +245,11 @@ def _by_domain(by_kind: Counter[str]) -> dict[str, int]:
 
 
 async def _progress(
-    ingest: IngestService, gateways: list[Gateway], started: float, options: StackOptions
+    ingest: IngestService,
+    gateways: list[Gateway],
+    started: float,
+    options: StackOptions,
+    draining: asyncio.Event,
 ) -> None:
     previous = _by_domain(ingest.stats.written_by_kind)
     last = time.monotonic()
@@ -256,8 +262,10 @@ async def _progress(
             for domain in current
         )
         pending = sum(gw.pending for gw in gateways)
+        # Polling has stopped while the gateways drain: the rates falling to 0 are expected.
+        state = " draining:" if draining.is_set() else ""
         print(
-            f"[{now - started:6.0f} s] stored/s: {rates}   stored {ingest.stats.written:,}"
+            f"[{now - started:6.0f} s]{state} stored/s: {rates}   stored {ingest.stats.written:,}"
             f"   rejected {ingest.stats.rejected} readings, "
             f"{sum(ingest.stats.rejected_messages.values())} messages   in flight {pending}",
             flush=True,
