@@ -84,12 +84,13 @@ class Deriver:
     async def __aenter__(self) -> Self:
         if self.settings.enabled:
             await self._state.__aenter__()
-            if self._absorb is not None:
-                folder, pattern = self._state.path.parent, self._absorb
-                for old in await asyncio.to_thread(lambda: sorted(folder.glob(pattern))):
-                    taken = await self._state.absorb(old)
-                    log.info("derive: %d marked windows taken over from %s", taken, old)
-            pending = await self._state.count()
+            try:
+                pending = await self._take_over()
+            except BaseException:
+                # The file's SQLite thread is not a daemon: left open, it would keep a worker
+                # that failed at start alive (never restarted by its supervisor).
+                await self._state.__aexit__(None, None, None)
+                raise
             if pending:
                 log.info(
                     "derive: %d windows marked before the last stop wait for recomputation", pending
@@ -99,6 +100,15 @@ class Deriver:
                 asyncio.create_task(self._recompute(), name="derive-recompute"),
             ]
         return self
+
+    async def _take_over(self) -> int:
+        """Absorb the old per-worker files; the number of windows marked."""
+        if self._absorb is not None:
+            folder, pattern = self._state.path.parent, self._absorb
+            for old in await asyncio.to_thread(lambda: sorted(folder.glob(pattern))):
+                taken = await self._state.absorb(old)
+                log.info("derive: %d marked windows taken over from %s", taken, old)
+        return await self._state.count()
 
     async def __aexit__(
         self,

@@ -75,7 +75,7 @@ class Harness:
         return {r["time"] for m in self.observed for r in m["readings"]}
 
 
-async def _observe(port: int, sink: list[dict[str, Any]]) -> None:
+async def _observe(port: int, sink: list[dict[str, Any]], subscribed: asyncio.Event) -> None:
     # A persistent session, so an observer that loses its broker misses nothing.
     while True:
         try:
@@ -83,6 +83,7 @@ async def _observe(port: int, sink: list[dict[str, Any]]) -> None:
                 "127.0.0.1", port, identifier="sf-observer", clean_session=False
             ) as client:
                 await client.subscribe(f"ecotel/v1/+/{GATEWAY}/readings", qos=1)
+                subscribed.set()
                 async for message in client.messages:
                     sink.append(json.loads(bytes(message.payload)))
         except aiomqtt.MqttError:
@@ -103,13 +104,15 @@ async def harness(influxdb: InfluxServer, tmp_path: Path) -> AsyncIterator[Harne
             )
         )
         h = Harness(broker, influxdb.url, database, ingest)
+        subscribed = asyncio.Event()
         tasks = [
             asyncio.create_task(ingest.run()),
-            asyncio.create_task(_observe(broker.port, h.observed)),
+            asyncio.create_task(_observe(broker.port, h.observed, subscribed)),
         ]
         async with asyncio.timeout(30):
             await ingest.connected.wait()
-        await asyncio.sleep(0.3)  # the observer subscribes
+            # Subscribed before any gateway speaks (a fixed pause was a race on a busy machine).
+            await subscribed.wait()
         yield h
         for task in tasks:
             task.cancel()

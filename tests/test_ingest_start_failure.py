@@ -1,0 +1,38 @@
+"""A worker that fails at start exits (its supervisor restarts it) instead of hanging on an open file."""
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+
+from deploy.servers import InfluxServer
+
+
+async def test_a_worker_whose_old_derive_file_is_unreadable_exits(
+    influxdb: InfluxServer, tmp_path: Path, free_port: int
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    # A per-worker file from before the group shared one, damaged (not SQLite).
+    (state / "derive-worker1.sqlite3").write_bytes(b"not a database" * 300)
+    config = tmp_path / "ingest.toml"
+    config.write_text(
+        f'[mqtt]\nport = {free_port}\nclient_id = "start-fail"\nshared_group = "g"\n'
+        f'[influx]\nurl = "{influxdb.url}"\ndatabase = "sf_{uuid.uuid4().hex[:8]}"\n'
+        f'[dead_letter]\npath = "{state / "dead.sqlite3"}"\n',
+        encoding="utf-8",
+    )
+    worker = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "pipelines", "--config", str(config), "run", "--worker", "0"],
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        # Not a measure of speed: a generous bound that only a hung process reaches.
+        async with asyncio.timeout(120):
+            _, stderr = await worker.communicate()
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    assert worker.returncode == 1
+    assert "file is not a database" in stderr.decode()
