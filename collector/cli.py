@@ -9,6 +9,7 @@ from pathlib import Path
 
 from collector.broker_link import tls_context
 from collector.config import load_gateway_config
+from collector.durable_sqlite import StoreUnusable
 from collector.gateway import BrokerRefused, Gateway
 from collector.process_lock import InUse
 from collector.settings_loader import ConfigError
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         # A second gateway on the same outbox (gateway.state_dir and gateway.id).
         print(f"ecotel-gateway: {exc}; stop it first", file=sys.stderr)
         return 2
+    except StoreUnusable as exc:
+        print(f"ecotel-gateway: {exc} (gateway.state_dir, from {args.config})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,6 +19,20 @@ from collector.process_lock import lock_exclusively
 log = logging.getLogger("ecotel.sqlite")
 
 
+class StoreUnusable(RuntimeError):
+    """A store's file cannot be opened: the message names the file and SQLite's reason."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        hint = (
+            "; damaged, or not this store's file: move it aside (keep it, it may hold data) "
+            "and start again"
+            if isinstance(cause, sqlite3.DatabaseError) and "not a database" in str(cause)
+            else ""
+        )
+        super().__init__(f"cannot open {path}: {cause}{hint}")
+        self.path = path
+
+
 class DurableSqlite:
     """Base of a store in one SQLite file; subclasses set ``schema`` and may extend ``opened``."""
 
@@ -37,11 +51,11 @@ class DurableSqlite:
         self._process_lock: TextIO | None = None
 
     async def __aenter__(self) -> Self:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.single_process:
-            lock = self.path.with_name(f"{self.path.name}.lock")
-            self._process_lock = await asyncio.to_thread(lock_exclusively, lock, str(self.path))
         try:
+            await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+            if self.single_process:
+                lock = self.path.with_name(f"{self.path.name}.lock")
+                self._process_lock = await asyncio.to_thread(lock_exclusively, lock, str(self.path))
             self._db = await aiosqlite.connect(self.path, timeout=self.busy_timeout_s)
             try:
                 await self._prepare()
@@ -51,6 +65,9 @@ class DurableSqlite:
                 await self._db.close()
                 self._db = None
                 raise
+        except (sqlite3.DatabaseError, OSError) as exc:
+            self._unlock()
+            raise StoreUnusable(self.path, exc) from exc
         except BaseException:
             self._unlock()
             raise

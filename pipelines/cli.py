@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from collector.broker_link import context_from
+from collector.durable_sqlite import StoreUnusable
 from collector.settings_loader import ConfigError, build_settings
 from collector.stdout_pipe import reader_left
 from pipelines.config import IngestSettings, SpoolSettings, for_worker, load_ingest_config
@@ -177,12 +178,21 @@ def main(argv: list[str] | None = None) -> int:
             # httpx logs every request at INFO: a line per batch written buries the ingest's own.
             logging.getLogger("httpx").setLevel(logging.WARNING)
         refused: MqttRefused | None = None
+        unusable: StoreUnusable | None = None
         try:
             asyncio.run(_run(IngestService(settings), watch_parent=args.worker is not None))
         except* MqttRefused as group:
             first = group.exceptions[0]
             assert isinstance(first, MqttRefused)
             refused = first
+        except* StoreUnusable as group:
+            store = group.exceptions[0]
+            assert isinstance(store, StoreUnusable)
+            unusable = store
+        if unusable is not None:
+            # Exit (a supervisor or systemd restarts it): never hang on a file it cannot use.
+            print(f"ecotel-ingest: {unusable}", file=sys.stderr)
+            return 1
         if refused is not None:
             print(
                 f"ecotel-ingest: {source}: {refused.setting(settings.mqtt.username)}",
@@ -191,12 +201,15 @@ def main(argv: list[str] | None = None) -> int:
             # EX_CONFIG, as the gateway: a unit's RestartPreventExitStatus stops the loop.
             return 78
         return 0
-    if args.command == "derive":
-        return asyncio.run(run_derive(settings, args))
     try:
+        if args.command == "derive":
+            return asyncio.run(run_derive(settings, args))
         return asyncio.run(_dead_letters(settings, args))
     except BrokenPipeError:
         return reader_left()  # `dead-letters list | head`
+    except StoreUnusable as exc:
+        print(f"ecotel-ingest: {exc}", file=sys.stderr)
+        return 1
 
 
 def _group_sessions_problem(settings: IngestSettings, sessions: list[str]) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from collector.durable_sqlite import DurableSqlite
+from collector.durable_sqlite import DurableSqlite, StoreUnusable
 from pipelines.analytics.energy import Window
 from pipelines.line_protocol import timestamp_ns
 
@@ -114,6 +114,8 @@ class DirtyWindows(DurableSqlite):
                 rows = [(*row, row[4]) for row in await cur.fetchall()]
         except sqlite3.OperationalError:  # taken over and deleted by another worker meanwhile
             rows = []
+        except sqlite3.DatabaseError as exc:  # damaged: the operator decides, the file is named
+            raise StoreUnusable(old, exc) from exc
         async with self._lock:
             await self.db.executemany(_MARK, rows)
             await self.db.commit()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.durable_sqlite import DurableSqlite
+from collector.durable_sqlite import DurableSqlite, StoreUnusable
 
 
 class _Store(DurableSqlite):
@@ -44,7 +44,7 @@ async def test_open_that_gives_up_names_the_lock_and_leaves_no_thread(tmp_path: 
     path = tmp_path / "shared.sqlite3"
     other = _lock(path)
     before = threading.active_count()
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
+    with pytest.raises(StoreUnusable, match=f"cannot open {path}: database is locked"):
         async with Impatient(path):
             pass
     # A connection thread left behind would keep the failed process from exiting.

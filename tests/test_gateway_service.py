@@ -101,3 +101,32 @@ async def test_a_second_gateway_on_the_same_outbox_is_refused_naming_the_first(
     async with asyncio.timeout(30):
         await again.communicate()
     assert again.returncode == 0
+
+
+async def test_a_damaged_outbox_stops_the_gateway_naming_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'[gateway]\nid = "bad-gw"\nsite = "svc"\nstate_dir = "{tmp_path / "state"}"\n'
+        '[[devices]]\nid = "aws"\nkind = "weather"\ninterval_s = 1\n'
+        'source = { type = "simulator", seed = 1 }\n',
+        encoding="utf-8",
+    )
+    outbox = tmp_path / "state" / "bad-gw.outbox.sqlite3"
+    outbox.parent.mkdir()
+    outbox.write_bytes(b"not a database" * 300)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collector",
+        "run",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        _, err = await process.communicate()
+    assert process.returncode == 1
+    text = err.decode()
+    assert f"cannot open {outbox}: file is not a database" in text
+    assert f"(gateway.state_dir, from {config})" in text
+    assert "Traceback" not in text

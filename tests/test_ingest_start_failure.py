@@ -35,4 +35,6 @@ async def test_a_worker_whose_old_derive_file_is_unreadable_exits(
             worker.kill()
             await worker.wait()
     assert worker.returncode == 1
-    assert "file is not a database" in stderr.decode()
+    err = stderr.decode()
+    assert f"cannot open {state / 'derive-worker1.sqlite3'}: file is not a database" in err
+    assert "Traceback" not in err
