@@ -236,7 +236,8 @@ async def test_three_workers_one_killed_every_reading_once(
         assert leftovers == [0] * WORKERS
 
     text = await log.text()
-    assert published >= 2_000, "several thousand readings"
+    # Offered ~3,800 (20 polls per second per device for 8 s); fewer on a loaded machine.
+    assert published >= 1_000, "a run, not a handful of readings"
     stored = await _stored_times(influxdb.url, database)
     assert (
         set(stored)
@@ -291,15 +292,20 @@ async def test_a_dying_worker_is_restarted_with_backoff_and_a_stuck_one_killed_o
         backoff_max_s=0.4,
         stop_timeout_s=0.5,
     )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     running = asyncio.create_task(supervisor.run())
-    await asyncio.sleep(2.0)
+    async with asyncio.timeout(60):
+        while supervisor.restarts[1] < 5:  # noqa: ASYNC110 (a counter, no event to wait on)
+            await asyncio.sleep(0.01)
+    # Backoff, not a busy loop: the waits before the fifth death are 0.1 + 0.2 + 0.4 + 0.4 s
+    # however slow the machine (a busy loop takes only a process start each, ~0.05 s).
+    assert loop.time() - started >= 1.1
     deaf_pid = supervisor.pids[0]
     supervisor.stop()
     async with asyncio.timeout(5):
         await running
     assert supervisor.restarts[0] == 0
-    # 0.1 + 0.2 + 0.4 + 0.4 ... s between starts: a few restarts, not a busy loop.
-    assert 3 <= supervisor.restarts[1] <= 10
     assert f"worker 0 (pid {deaf_pid}) still running 0.5 s after SIGTERM; killing it" in caplog.text
     assert f"worker 0 (pid {deaf_pid}) stopped: killed by SIGKILL" in caplog.text
 
