@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecotel-gateway: {exc}; stop it first", file=sys.stderr)
         return 2
     except StoreUnusable as exc:
-        print(f"ecotel-gateway: {exc} (gateway.state_dir, from {args.config})", file=sys.stderr)
+        print(
+            f"ecotel-gateway: {exc} (gateway.state_dir in {args.config}, or "
+            "ECOTEL_GW_GATEWAY__STATE_DIR)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -24,8 +24,8 @@ class StoreUnusable(RuntimeError):
 
     def __init__(self, path: Path, cause: BaseException) -> None:
         hint = (
-            "; damaged, or not this store's file: move it aside (keep it, it may hold data) "
-            "and start again"
+            "; damaged, or not this store's file: move it aside together with its -wal and "
+            "-shm files (keep them, they may hold data) and start again"
             if isinstance(cause, sqlite3.DatabaseError) and "not a database" in str(cause)
             else ""
         )
@@ -65,6 +65,9 @@ class DurableSqlite:
                 await self._db.close()
                 self._db = None
                 raise
+        except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            self._unlock()
+            raise  # a bug in this code, not the file's fault: its traceback, not "cannot open"
         except (sqlite3.DatabaseError, OSError) as exc:
             self._unlock()
             raise StoreUnusable(self.path, exc) from exc
@@ -116,10 +119,12 @@ class DurableSqlite:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-        self._unlock()
+        try:
+            if self._db is not None:
+                await self._db.close()
+                self._db = None
+        finally:
+            self._unlock()
 
     @property
     def db(self) -> aiosqlite.Connection:

@@ -1,6 +1,7 @@
 """One process at a time on a store or data dir: an exclusive ``flock`` on a lock file, with the
 holder's pid written in it so that a refusal can name it."""
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -26,8 +27,13 @@ def lock_exclusively(path: Path, what: str) -> TextIO:
         holder = lock.read().strip() or "unknown"
         lock.close()
         raise InUse(f"{what} is in use by another process (pid {holder}; lock {path})") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
+    except BaseException:
+        lock.close()
+        raise
+    # The pid only names the holder: a full disk must not keep the gateway from starting.
+    with contextlib.suppress(OSError):
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
     return lock

@@ -77,7 +77,9 @@ def find_free_port() -> int:
 
 def toml_str(value: str | Path) -> str:
     # A JSON string literal is a valid TOML basic string, escapes included.
-    return json.dumps(str(value))
+    # Not ASCII-escaped: TOML refuses the surrogate pairs JSON writes for characters beyond
+    # the BMP (an emoji in a data dir's path).
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 class _ManagedServer:

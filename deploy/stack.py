@@ -19,9 +19,12 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+import httpx
+
 from collector.config import DeviceSettings, GatewaySettings, SimulatorSource, load_gateway_config
 from collector.gateway import Gateway
 from collector.process_lock import InUse, lock_exclusively
+from collector.settings_loader import ConfigError
 from dashboards.provisioning import write_provisioning
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port, require_binaries
 from deploy.stack_ingest_config import DATABASE, write_stack_ingest_config
@@ -209,6 +212,8 @@ def _prepare_data_dir(options: StackOptions) -> tuple[Path, TextIO]:
     and InfluxDB on the same files, and a second gateway on each outbox."""
     data = options.data_dir.absolute()
     lock = lock_exclusively(data / STACK_LOCK, f"the stack's data dir {data}")
+    # The last run's ports: until this run writes its own, a query finds none rather than those.
+    (data / "ingest" / "ingest.toml").unlink(missing_ok=True)
     if options.fresh:
         for entry in data.iterdir():
             if entry.name == STACK_LOCK:
@@ -337,8 +342,14 @@ async def query_stack(data_dir: Path, query: str) -> list[str]:
         lock = await asyncio.to_thread(lock_exclusively, data / STACK_LOCK, str(data))
     except InUse:
         # The stack runs: its own InfluxDB answers (a second one on its files must not start).
-        running = await asyncio.to_thread(load_ingest_config, data / "ingest" / "ingest.toml")
-        return await _query(running.influx.url, query)
+        try:
+            running = await asyncio.to_thread(load_ingest_config, data / "ingest" / "ingest.toml")
+            return await _query(running.influx.url, query)
+        except (ConfigError, httpx.TransportError):
+            raise StackDataMissing(
+                f"the stack at {data} is starting or stopping (its InfluxDB is not up); "
+                "try again in a moment"
+            ) from None
     with lock:
         require_binaries()
         async with InfluxServer(data / "influxdb") as influx:

@@ -1,4 +1,4 @@
-"""``ecotel-stack``: run the whole local stack (the main job), or query a stopped stack's data."""
+"""``ecotel-stack``: run the whole local stack (the main job), or query its data (running or stopped)."""
 
 import argparse
 import asyncio
@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="WARNING",
         help="log level of the components (default WARNING; progress is always shown)",
     )
-    query = sub.add_parser("query", help="run an InfluxQL query on a stopped stack's data")
+    query = sub.add_parser(
+        "query",
+        help="run an InfluxQL query on the stack's data (through its InfluxDB while it runs)",
+    )
     _data_dir(query)
     query.add_argument("influxql", help="e.g. 'SELECT * FROM weather ORDER BY time DESC LIMIT 5'")
     return parser

@@ -27,8 +27,9 @@ def write_stack_ingest_config(
     path = data / "ingest" / "ingest.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = f"""\
-# Written by ecotel-stack at every start: the stack's own ingest. While the stack runs:
-#   ecotel-ingest --config {path} dead-letters list
+# Written by ecotel-stack at every start: the stack's own ingest, for the dead-letter
+# commands while the stack runs (ecotel-ingest --config THIS-FILE dead-letters list).
+# Not for `run` beside the stack: the same client id and API port would collide.
 # Ports change at every start; edits are overwritten.
 stats_interval_s = 10                     # the fleet dashboard's ingest panels draw from these
 

@@ -112,8 +112,10 @@ class DirtyWindows(DurableSqlite):
                 source.execute("SELECT family, site, window, start_ns, since FROM dirty") as cur,
             ):
                 rows = [(*row, row[4]) for row in await cur.fetchall()]
-        except sqlite3.OperationalError:  # taken over and deleted by another worker meanwhile
-            rows = []
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):  # locked, an I/O error: its marks must stay
+                raise StoreUnusable(old, exc) from exc
+            rows = []  # taken over and deleted by another worker meanwhile (connect made it anew)
         except sqlite3.DatabaseError as exc:  # damaged: the operator decides, the file is named
             raise StoreUnusable(old, exc) from exc
         async with self._lock:

@@ -128,5 +128,5 @@ async def test_a_damaged_outbox_stops_the_gateway_naming_the_file(tmp_path: Path
     assert process.returncode == 1
     text = err.decode()
     assert f"cannot open {outbox}: file is not a database" in text
-    assert f"(gateway.state_dir, from {config})" in text
+    assert f"(gateway.state_dir in {config}, or ECOTEL_GW_GATEWAY__STATE_DIR)" in text
     assert "Traceback" not in text

@@ -96,7 +96,8 @@ def test_workers_started_by_hand_at_once_are_all_recorded(tmp_path: Path) -> Non
     # Each record is a read and a rewrite of one file: without a lock, two at once keep only
     # one of their sessions, and a supervisor started later would strand the other's share.
     config = _config(tmp_path, 1883, "http://127.0.0.1:8086")
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: this process has threads (a lock held at fork would hang a child).
+    context = multiprocessing.get_context("spawn")
     start = context.Barrier(6)
     processes = [
         context.Process(target=_record_workers, args=(config, n * 100, start)) for n in range(6)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from devices import KINDS, Domain
+from pipelines.config import load_ingest_config
 
 STACK = [sys.executable, "-m", "deploy.stack_cli"]
 
@@ -78,6 +79,16 @@ def test_the_printed_dead_letter_command_reaches_the_stacks_store(
     )
     assert done.returncode == 0, done.stderr
     assert str(data / "ingest" / "dead-letters.sqlite3") in done.stdout + done.stderr
+
+
+def test_the_stacks_ingest_has_the_shipped_sample_meter_map(
+    stack_output: tuple[Path, str],
+) -> None:
+    data, _ = stack_output
+    written = load_ingest_config(data / "ingest" / "ingest.toml")
+    sample = load_ingest_config(Path(__file__).parent.parent / "deploy" / "ingest" / "ingest.toml")
+    assert written.derive == sample.derive
+    assert written.dead_letter.path == data / "ingest" / "dead-letters.sqlite3"
 
 
 def test_help_answers() -> None:

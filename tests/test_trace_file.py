@@ -264,7 +264,12 @@ def _publish_frame(topic: str, payload: bytes, qos: int, mid: int) -> bytes:
     variable = len(topic.encode()).to_bytes(2, "big") + topic.encode()
     if qos:
         variable += mid.to_bytes(2, "big")
-    return bytes([0x30 | qos << 1]) + remaining_length(len(variable) + len(payload)) + variable + payload
+    return (
+        bytes([0x30 | qos << 1])
+        + remaining_length(len(variable) + len(payload))
+        + variable
+        + payload
+    )
 
 
 @settings(
