@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+from collector.durable_sqlite import StoreUnusable
 from collector.process_lock import InUse
 from collector.settings_loader import ConfigError
 from deploy.servers import ServerStartError
@@ -93,9 +94,29 @@ def main(argv: list[str] | None = None) -> int:
         )
         asyncio.run(_run(options))
         return 0
-    except (ServerStartError, ConfigError, InfluxError, InUse, StackDataMissing) as exc:
+    except _EXPLAINED as exc:
         print(f"ecotel-stack: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # From a part running in the stack's task group (a gateway whose outbox is taken).
+        explained = group.subgroup(lambda e: isinstance(e, _EXPLAINED))
+        if explained is None:
+            raise
+        for leaf in _leaves(explained):
+            print(f"ecotel-stack: {leaf}", file=sys.stderr)
+        return 1
+
+
+_EXPLAINED = (ServerStartError, ConfigError, InfluxError, InUse, StoreUnusable, StackDataMissing)
+"""Errors whose message says what is wrong and where: one line each, no traceback."""
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [
+        leaf
+        for exc in group.exceptions
+        for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    ]
 
 
 async def _run(options: StackOptions) -> None:

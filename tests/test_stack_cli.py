@@ -1,5 +1,7 @@
 """The main job as a user runs it: ``ecotel-stack`` for a few seconds, then ``ecotel-stack query``."""
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.process_lock import lock_exclusively
 from devices import KINDS, Domain
 from pipelines.config import load_ingest_config
 
@@ -149,3 +152,19 @@ def test_query_where_no_stack_ran_says_so_and_creates_nothing(tmp_path: Path) ->
     assert done.returncode == 1
     assert "no stack data under" in done.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_a_stack_gateway_whose_outbox_another_process_holds_is_named(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    outbox_lock = data / "gateways" / "tuotuohe-gw1.outbox.sqlite3.lock"
+    with contextlib.closing(lock_exclusively(outbox_lock, "a test's hold")):
+        done = subprocess.run(
+            [*STACK, "run", "--data-dir", str(data), "--duration", "5"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"is in use by another process (pid {os.getpid()}" in done.stderr
+    assert "Traceback" not in done.stderr
