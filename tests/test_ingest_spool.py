@@ -130,4 +130,6 @@ async def test_influxdb_outage_is_spooled_and_survives_a_kill_9(tmp_path: Path) 
                 async with asyncio.timeout(30):
                     await ingest.wait()
         assert ingest.returncode == 0
-        assert await stored_stages(influx.url, database) == 150 * PER_MESSAGE
+        # Polled, as stored_stages reads a failed query as 0: CI once saw 0 here with all
+        # 3,000 in the database (found in it afterwards), a query that failed once.
+        await _until(all_written, "all 3,000 readings in InfluxDB after the stop")
