@@ -65,14 +65,13 @@ class DurableSqlite:
                 await self._db.close()
                 self._db = None
                 raise
-        except (sqlite3.ProgrammingError, sqlite3.InterfaceError):
+        except BaseException as exc:
             self._unlock()
-            raise  # a bug in this code, not the file's fault: its traceback, not "cannot open"
-        except (sqlite3.DatabaseError, OSError) as exc:
-            self._unlock()
-            raise StoreUnusable(self.path, exc) from exc
-        except BaseException:
-            self._unlock()
+            # ProgrammingError, InterfaceError: a bug in this code, not the file's fault.
+            if isinstance(exc, sqlite3.DatabaseError | OSError) and not isinstance(
+                exc, sqlite3.ProgrammingError | sqlite3.InterfaceError
+            ):
+                raise StoreUnusable(self.path, exc) from exc
             raise
         return self
 

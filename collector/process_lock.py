@@ -1,9 +1,10 @@
-"""One process at a time on a store or data dir: an exclusive ``flock`` on a lock file, with the
-holder's pid written in it so that a refusal can name it."""
+"""One process at a time on a store, a data dir or a short rewrite of a shared file: an exclusive
+``flock`` on a lock file (held with the holder's pid written in it, so a refusal can name it)."""
 
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -37,3 +38,18 @@ def lock_exclusively(path: Path, what: str) -> TextIO:
         lock.write(f"{os.getpid()}\n")
         lock.flush()
     return lock
+
+
+@contextlib.contextmanager
+def taking_turns(path: Path) -> Iterator[None]:
+    """Wait for ``path``, hold it for the block: processes rewriting one shared file in turn.
+
+    Blocking: for code that runs before the event loop starts.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -8,15 +8,13 @@ later message unread at the broker, silently. The supervisor records the
 sessions it starts and refuses to start without one it recorded.
 """
 
-import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from collector.process_lock import taking_turns
 from pipelines.config import IngestSettings
 
 
@@ -48,27 +46,15 @@ def record_sessions(settings: IngestSettings, sessions: list[str]) -> None:
     key = group_key(settings)
     if set(sessions) <= set(_load(path).groups.get(key, [])):
         return  # the supervisor's workers: it recorded them before starting them
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Workers started by hand (units started together at boot) record at the same moment:
     # read and write under a lock, or one's session would overwrite the other's.
-    with _locked(path):
+    with taking_turns(path.with_name(f"{path.name}.lock")):
         record = _load(path)
         known = record.groups.get(key, [])
         record.groups[key] = sorted(set(known) | set(sessions))
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         temporary.write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
         temporary.replace(path)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside ``path`` (called before the ingest's event loop starts)."""
-    with path.with_name(f"{path.name}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def refusal(settings: IngestSettings, stranded: list[str], sessions: list[str]) -> str:

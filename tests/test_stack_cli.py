@@ -17,15 +17,16 @@ from pipelines.config import load_ingest_config
 STACK = [sys.executable, "-m", "deploy.stack_cli"]
 
 
+def _run(*argv: str, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+    """A command as a user types it; its exit code is each test's to check."""
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 @pytest.fixture(scope="module")
 def stack_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     data = tmp_path_factory.mktemp("stack") / "data"
-    done = subprocess.run(
-        [*STACK, "run", "--data-dir", str(data), "--duration", "6", "--interval", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = _run(
+        *STACK, "run", "--data-dir", str(data), "--duration", "6", "--interval", "1", timeout=120
     )
     assert done.returncode == 0, done.stderr
     return data, done.stdout
@@ -55,13 +56,8 @@ def test_dashboards_are_written_for_grafana(stack_output: tuple[Path, str]) -> N
 
 def test_query_reads_a_stopped_stacks_data(stack_output: tuple[Path, str]) -> None:
     data, _ = stack_output
-    done = subprocess.run(
-        [*STACK, "query", "--data-dir", str(data), "SELECT count(ph) FROM water_quality"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = _run(*STACK, "query", "--data-dir", str(data), "SELECT count(ph) FROM water_quality")
+    assert done.returncode == 0, done.stderr
     count = int(done.stdout.strip().splitlines()[-1].split("\t")[-1])
     assert count > 0
 
@@ -73,12 +69,8 @@ def test_the_printed_dead_letter_command_reaches_the_stacks_store(
     config = data / "ingest" / "ingest.toml"
     assert f"--config {config} dead-letters list" in out
     assert config.stat().st_mode & 0o077 == 0  # it holds the operator's API token
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines", "--config", str(config), "dead-letters", "counts"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = _run(
+        sys.executable, "-m", "pipelines", "--config", str(config), "dead-letters", "counts"
     )
     assert done.returncode == 0, done.stderr
     assert str(data / "ingest" / "dead-letters.sqlite3") in done.stdout + done.stderr
@@ -95,7 +87,8 @@ def test_the_stacks_ingest_has_the_shipped_sample_meter_map(
 
 
 def test_help_answers() -> None:
-    done = subprocess.run([*STACK, "run", "--help"], capture_output=True, text=True, check=True)
+    done = _run(*STACK, "run", "--help")
+    assert done.returncode == 0, done.stderr
     for option in ("--duration", "--data-dir", "--fresh", "--interval", "--scale"):
         assert option in done.stdout
 
@@ -115,23 +108,11 @@ def test_a_running_stack_holds_its_data_dir_and_answers_queries(tmp_path: Path) 
             if "Ctrl-C stops" in line:
                 break
         # A second stack would start a second Mosquitto and InfluxDB on the same files.
-        second = subprocess.run(
-            [*STACK, "run", "--data-dir", str(data), "--duration", "1"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        second = _run(*STACK, "run", "--data-dir", str(data), "--duration", "1")
         assert second.returncode == 1
         assert f"in use by another process (pid {running.pid}" in second.stderr
         # A query goes to the running stack's own InfluxDB.
-        query = subprocess.run(
-            [*STACK, "query", "--data-dir", str(data), "SHOW MEASUREMENTS"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        query = _run(*STACK, "query", "--data-dir", str(data), "SHOW MEASUREMENTS")
         assert query.returncode == 0, query.stderr
         assert "measurements" in query.stdout
     finally:
@@ -142,13 +123,7 @@ def test_a_running_stack_holds_its_data_dir_and_answers_queries(tmp_path: Path) 
 
 
 def test_query_where_no_stack_ran_says_so_and_creates_nothing(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*STACK, "query", "--data-dir", str(tmp_path / "none"), "SHOW MEASUREMENTS"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run(*STACK, "query", "--data-dir", str(tmp_path / "none"), "SHOW MEASUREMENTS")
     assert done.returncode == 1
     assert "no stack data under" in done.stderr
     assert not (tmp_path / "none").exists()
@@ -158,13 +133,7 @@ def test_a_stack_gateway_whose_outbox_another_process_holds_is_named(tmp_path: P
     data = tmp_path / "data"
     outbox_lock = data / "gateways" / "tuotuohe-gw1.outbox.sqlite3.lock"
     with contextlib.closing(lock_exclusively(outbox_lock, "a test's hold")):
-        done = subprocess.run(
-            [*STACK, "run", "--data-dir", str(data), "--duration", "5"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = _run(*STACK, "run", "--data-dir", str(data), "--duration", "5", timeout=120)
     assert done.returncode == 1
     assert f"is in use by another process (pid {os.getpid()}" in done.stderr
     assert "Traceback" not in done.stderr
