@@ -24,7 +24,13 @@ from pipelines.derive_cli import (
     open_influx,
     run_derive,
 )
-from pipelines.group_sessions import record_sessions, refusal, stranded_sessions
+from pipelines.group_sessions import (
+    forget_session,
+    record_sessions,
+    refusal,
+    retirable,
+    stranded_sessions,
+)
 from pipelines.influx_writer import InfluxError
 from pipelines.mqtt_consumer import MqttRefused
 from pipelines.service import IngestService
@@ -54,7 +60,14 @@ worker. SIGTERM or SIGINT to the supervisor stops all workers; it exits once
 they have stopped. Its log names every worker's pid.
 
 --worker K runs a single worker K (what the supervisor starts; also for one
-process per systemd unit)."""
+process per systemd unit).
+
+Fewer workers than the group has had: the supervisor also starts each
+recorded worker K it no longer runs with --retire, which leaves the group,
+takes what the broker queued for K's session, writes it (and K's spool),
+then discards the session; K is then forgotten (mqtt-sessions.json beside
+the dead-letter store). --worker K --retire does the same by hand (exit 0
+once retired, 75 if stopped before)."""
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -108,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run as worker K: client id <mqtt.client_id>-K (also mqtt.worker, "
         "ECOTEL_INGEST_MQTT__WORKER)",
     )
+    run.add_argument(
+        "--retire",
+        action="store_true",
+        help="with --worker K: take what the broker queued for worker K's session, then "
+        "discard the session and forget K (see above)",
+    )
     dl = sub.add_parser("dead-letters", help="inspect refused messages and readings")
     dl_sub = dl.add_subparsers(dest="action", required=True)
     ls = dl_sub.add_parser("list", help="one line per dead letter")
@@ -152,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecotel-ingest: {exc}", file=sys.stderr)
         return 2
     if args.command == "run":
+        if args.retire and (args.worker is None or settings.mqtt.shared_group is None):
+            print(
+                "ecotel-ingest: --retire needs --worker K and a shared group (mqtt.shared_group)",
+                file=sys.stderr,
+            )
+            return 2
         if args.workers is not None:
             return _supervise(settings, args)
         if args.worker is not None:
@@ -162,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             if problem is not None:
                 print(f"ecotel-ingest: {problem}", file=sys.stderr)
                 return 2
-        elif settings.mqtt.shared_group is not None:
+        elif settings.mqtt.shared_group is not None and not args.retire:
             # A worker started by hand (one unit each): recorded, so that a supervisor
             # started later with fewer workers knows of it.
             try:
@@ -179,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("httpx").setLevel(logging.WARNING)
         refused: MqttRefused | None = None
         unusable: StoreUnusable | None = None
+        service = IngestService(settings, retire=args.retire)
         try:
-            asyncio.run(_run(IngestService(settings), watch_parent=args.worker is not None))
+            asyncio.run(_run(service, watch_parent=args.worker is not None))
         except* MqttRefused as group:
             first = group.exceptions[0]
             assert isinstance(first, MqttRefused)
@@ -200,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             # EX_CONFIG, as the gateway: a unit's RestartPreventExitStatus stops the loop.
             return 78
+        if args.retire:
+            return _retired(settings, service)
         return 0
     try:
         if args.command == "derive":
@@ -210,6 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnusable as exc:
         print(f"ecotel-ingest: {exc}", file=sys.stderr)
         return 1
+
+
+def _retired(settings: IngestSettings, service: IngestService) -> int:
+    """Forget a worker whose session is retired: 0; 75 (EX_TEMPFAIL) if it stopped before."""
+    if not service.retired:
+        logging.getLogger("ecotel.ingest").warning(
+            "ingest: stopped before session %s was retired; run it again to finish",
+            settings.mqtt.session_id,
+        )
+        return 75
+    forget_session(settings, settings.mqtt.session_id)
+    return 0
 
 
 def _group_sessions_problem(settings: IngestSettings, sessions: list[str]) -> str | None:
@@ -234,10 +274,17 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
         )
         return 2
     sessions = [for_worker(settings, number).mqtt.session_id for number in range(args.workers)]
-    problem = _group_sessions_problem(settings, sessions)
-    if problem is not None:
-        print(f"ecotel-ingest: {problem}", file=sys.stderr)
+    try:
+        stranded = stranded_sessions(settings, sessions)
+    except ValueError as exc:
+        print(f"ecotel-ingest: {exc}", file=sys.stderr)
         return 2
+    # Workers it had and no longer runs are retired; another client id's sessions it cannot.
+    retiring, others = retirable(settings, stranded)
+    if others:
+        print(f"ecotel-ingest: {refusal(settings, others, sessions)}", file=sys.stderr)
+        return 2
+    record_sessions(settings, sessions)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     # Workers read the same file and inherit the environment, so
     # ECOTEL_INGEST_* overrides reach them too.
@@ -254,6 +301,7 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
             str(number),
             "--log-level",
             args.log_level,
+            *(["--retire"] if number in retiring else []),
         ]
 
     mqtt = settings.mqtt
@@ -265,7 +313,13 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
         mqtt.client_id,
         args.workers - 1,
     )
-    supervisor = Supervisor(args.workers, command)
+    if retiring:
+        logging.getLogger("ecotel.ingest.supervisor").info(
+            "supervisor: the group has had more workers: retiring %s (their queued share "
+            "is taken and written, then their sessions are discarded)",
+            ", ".join(f"{mqtt.client_id}-{number}" for number in retiring),
+        )
+    supervisor = Supervisor(args.workers, command, retiring=retiring)
     asyncio.run(supervisor.run())
     return supervisor.exit_code
 

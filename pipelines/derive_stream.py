@@ -171,6 +171,17 @@ class Deriver:
         if self.settings.enabled:
             await self._state.mark(keys)
 
+    async def let_go(self) -> None:
+        """Release this worker's hold on the windows now (its spool is empty and it is
+        retiring: no later run of it would release the hold)."""
+        if not self.settings.enabled:
+            return
+        async with self._hold_lock:
+            if self._writer.spooled:
+                raise RuntimeError("points wait in the spool: the hold must stay")
+            await self._state.release(self._holder)
+            self._holding = self._stale_hold = False
+
     async def _commit_marks(self) -> None:
         while True:
             await self._wake.wait()

@@ -3,9 +3,11 @@
 The broker keeps handing every member of a shared group its turn, an offline
 member with a persistent session included, and never gives a message queued
 for one member to another (../shared/RELIABILITY.md). So starting a group
-with fewer workers than it had leaves the missing workers' share of every
+with fewer workers than it had would leave the missing workers' share of every
 later message unread at the broker, silently. The supervisor records the
-sessions it starts and refuses to start without one it recorded.
+sessions it starts; a recorded worker it no longer runs is retired (its queue
+taken, its session discarded, then forgotten here), and a session it cannot
+retire (another client id's) stops it from starting.
 """
 
 import json
@@ -52,30 +54,67 @@ def record_sessions(settings: IngestSettings, sessions: list[str]) -> None:
         record = _load(path)
         known = record.groups.get(key, [])
         record.groups[key] = sorted(set(known) | set(sessions))
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        temporary.replace(path)
+        _save(path, record)
+
+
+def forget_session(settings: IngestSettings, session: str) -> None:
+    """``session`` was retired: the group no longer has it."""
+    path = record_path(settings)
+    key = group_key(settings)
+    with taking_turns(path.with_name(f"{path.name}.lock")):
+        record = _load(path)
+        record.groups[key] = [s for s in record.groups.get(key, []) if s != session]
+        if not record.groups[key]:
+            del record.groups[key]
+        _save(path, record)
+
+
+def retirable(settings: IngestSettings, stranded: list[str]) -> tuple[list[int], list[str]]:
+    """Of ``stranded``: the worker numbers of this client id (a supervisor can retire them),
+    and the sessions it cannot (another client id's, or not a worker's)."""
+    prefix = f"{settings.mqtt.client_id}-"
+    numbers: list[int] = []
+    others: list[str] = []
+    for name in stranded:
+        number = name.removeprefix(prefix)
+        if name.startswith(prefix) and number.isdigit() and str(int(number)) == number:
+            numbers.append(int(number))
+        else:
+            others.append(name)
+    return sorted(numbers), others
 
 
 def refusal(settings: IngestSettings, stranded: list[str], sessions: list[str]) -> str:
     """Why the group will not start without ``stranded``, and what to do instead."""
     mqtt = settings.mqtt
-    prefix = f"{mqtt.client_id}-"
-    numbers = [
-        int(name.removeprefix(prefix))
-        for name in [*stranded, *sessions]
-        if name.startswith(prefix) and name.removeprefix(prefix).isdigit()
-    ]
-    run = f"Run --workers {max(numbers) + 1}, or change" if numbers else "Change"
+    numbers, others = retirable(settings, stranded)
+    numbers += retirable(settings, sessions)[0]
+    how = '(docs/ingest.md, "Changing the number of workers")'
+    if not others:
+        advice = (
+            f"Run --workers {max(numbers) + 1} (its supervisor retires the workers it no longer "
+            "runs: their queue taken, their session discarded), or retire each first with "
+            f"`ecotel-ingest run --worker K --retire` {how}"
+        )
+    else:
+        advice = (
+            f"{', '.join(others)} {'is' if len(others) == 1 else 'are'} not a worker of "
+            f"mqtt.client_id {mqtt.client_id!r}: retire each under its own client id "
+            f"(`run --worker K --retire`) or discard it {how}, then remove it from that file"
+        )
     return (
         f"shared group {mqtt.shared_group!r} on {mqtt.host}:{mqtt.port} has also had "
         f"{'the session' if len(stranded) == 1 else 'the sessions'} {', '.join(stranded)} "
         f"(recorded in {record_path(settings)}): the broker keeps queueing "
         "their share of every message for them and gives it to no other member, so "
-        f"starting without them would leave those readings unread. {run} over to a new "
-        'mqtt.shared_group and mqtt.client_id (docs/ingest.md, "Changing the number of '
-        'workers"); once those sessions are discarded, remove them from that file'
+        f"starting without them would leave those readings unread. {advice}"
     )
+
+
+def _save(path: Path, record: GroupSessions) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(record.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
 
 
 def _load(path: Path) -> GroupSessions:

@@ -6,10 +6,16 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import NamedTuple, Self
 
-from pipelines.mqtt_packets import connect_packet, subscribe_packet
+from pipelines.mqtt_packets import (
+    connect_packet,
+    publish_packet,
+    subscribe_packet,
+    unsubscribe_packet,
+)
 
 log = logging.getLogger("ecotel.ingest.mqtt")
 
@@ -26,10 +32,11 @@ log = logging.getLogger("ecotel.ingest.mqtt")
 # loop turn go out in one write.
 # Only what the ingest needs: CONNECT with clean_session off (and a user name and
 # password if set, over TLS if set), SUBSCRIBE, incoming PUBLISH at QoS 0/1, PUBACK,
-# PINGREQ/PINGRESP, DISCONNECT.
+# PINGREQ/PINGRESP, DISCONNECT; and for retiring a session (docs/ingest.md): UNSUBSCRIBE,
+# one outgoing QoS 1 PUBLISH, CONNECT with clean_session on.
 
 # Packet types, and the fixed packets: PINGREQ, DISCONNECT, PUBACK's first two bytes.
-_CONNACK, _PUBLISH, _SUBACK, _PINGRESP = 2, 3, 9, 13
+_CONNACK, _PUBLISH, _PUBACK, _SUBACK, _UNSUBACK, _PINGRESP = 2, 3, 4, 9, 11, 13
 _PING = b"\xc0\x00"
 _BYE = b"\xe0\x00"
 _PUBACK_HEAD = b"\x40\x02"
@@ -84,7 +91,8 @@ class _Protocol(asyncio.Protocol):
         self.pending: list[Message] = []
         self.wake: asyncio.Future[None] | None = None
         self.connack: asyncio.Future[tuple[int, int]] = loop.create_future()
-        self.subacks: dict[int, asyncio.Future[bytes]] = {}
+        # Answers to our SUBSCRIBE, UNSUBSCRIBE and PUBLISH, by packet id.
+        self.replies: dict[int, asyncio.Future[bytes]] = {}
         self.lost: MqttLinkError | None = None
         self.paused = False
         # Stopping: the socket is not read again, next_batch() ends with [].
@@ -106,7 +114,7 @@ class _Protocol(asyncio.Protocol):
             self.lost = error
         futures: list[asyncio.Future[tuple[int, int]] | asyncio.Future[bytes]] = [
             self.connack,
-            *self.subacks.values(),
+            *self.replies.values(),
         ]
         for future in futures:
             if not future.done():
@@ -187,8 +195,8 @@ class _Protocol(asyncio.Protocol):
         if kind == _CONNACK and len(body) == 2 and not self.connack.done():
             self.connack.set_result((body[0], body[1]))
             return
-        if kind == _SUBACK and len(body) >= 3:
-            future = self.subacks.pop((body[0] << 8) | body[1], None)
+        if kind in (_SUBACK, _UNSUBACK, _PUBACK) and len(body) >= 2:
+            future = self.replies.pop((body[0] << 8) | body[1], None)
             if future is not None and not future.done():
                 future.set_result(body[2:])
             return
@@ -214,8 +222,11 @@ class MqttSession:
         username: str | None = None,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
+        clean: bool = False,
     ) -> None:
         self.host, self.port, self.client_id = host, port, client_id
+        # On only to discard the session (a retired worker's): the broker drops it at CONNECT.
+        self.clean = clean
         self.username, self._password, self.tls = username, password, tls
         self.keepalive_s = keepalive_s
         self.timeout_s = timeout_s
@@ -244,7 +255,7 @@ class MqttSession:
                         self.client_id,
                         self.keepalive_s,
                         # Clean session off: the broker keeps our queue while we are away.
-                        clean=False,
+                        clean=self.clean,
                         username=self.username,
                         password=self._password,
                     )
@@ -300,22 +311,37 @@ class MqttSession:
 
     async def subscribe(self, topic_filter: str, qos: int) -> int:
         """Subscribe and return the granted QoS; a refusal raises MqttLinkError."""
+        reply = await self._request(
+            lambda mid: subscribe_packet(topic_filter, mid, qos), f"SUBACK for {topic_filter}"
+        )
+        granted = reply[0] if reply else 0x80
+        if granted == 0x80:
+            raise MqttLinkError(f"broker refused the subscription to {topic_filter}")
+        return granted
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Unsubscribe; from then on the broker queues nothing more for it in this session."""
+        await self._request(
+            lambda mid: unsubscribe_packet(topic_filter, mid), f"UNSUBACK for {topic_filter}"
+        )
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1 and return once the broker has acknowledged it."""
+        await self._request(lambda mid: publish_packet(topic, payload, mid), f"PUBACK on {topic}")
+
+    async def _request(self, make: Callable[[int], bytes], answer: str) -> bytes:
+        """Send the packet ``make`` builds for a new packet id; the rest of the broker's answer."""
         protocol = self._live()
         assert protocol.transport is not None
         self._next_id = self._next_id % 0xFFFF + 1
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        protocol.subacks[self._next_id] = future
-        protocol.transport.write(subscribe_packet(topic_filter, self._next_id, qos))
+        protocol.replies[self._next_id] = future
+        protocol.transport.write(make(self._next_id))
         try:
             async with asyncio.timeout(self.timeout_s):
-                granted = (await future)[0]
+                return await future
         except TimeoutError:
-            raise MqttLinkError(
-                f"no SUBACK for {topic_filter} within {self.timeout_s:g} s"
-            ) from None
-        if granted == 0x80:
-            raise MqttLinkError(f"broker refused the subscription to {topic_filter}")
-        return granted
+            raise MqttLinkError(f"no {answer} within {self.timeout_s:g} s") from None
 
     async def next_batch(self) -> list[Message]:
         """Every message received since the last call (waits for at least one).

@@ -60,6 +60,11 @@ def subscribe_packet(topic_filter: str, packet_id: int, qos: int) -> bytes:
     return packet(0x82, struct.pack("!H", packet_id) + utf8(topic_filter) + bytes([qos]))
 
 
+def unsubscribe_packet(topic_filter: str, packet_id: int) -> bytes:
+    """UNSUBSCRIBE from one filter."""
+    return packet(0xA2, struct.pack("!H", packet_id) + utf8(topic_filter))
+
+
 def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
     """A QoS 1 PUBLISH, not retained, not a duplicate."""
     return packet(0x32, utf8(topic) + struct.pack("!H", packet_id) + payload)

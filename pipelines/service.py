@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -42,6 +43,11 @@ from pipelines.stats_points import STATS_MEASUREMENT, stats_to_lines
 
 log = logging.getLogger("ecotel.ingest")
 
+RETIRE_TOPIC = "ecotel-ingest/retire"
+"""A retiring worker's marker goes to <this>/<its client id> (outside the gateways' topics)."""
+# A queue of millions of messages takes minutes; the warning says only what may be wrong.
+_MARKER_WARN_S = 300.0
+
 
 @dataclass
 class Outcome:
@@ -62,8 +68,15 @@ class IngestService:
     client id (``mqtt.worker``), and none can judge gateways' gaps alone.
     """
 
-    def __init__(self, settings: IngestSettings) -> None:
+    def __init__(self, settings: IngestSettings, *, retire: bool = False) -> None:
         self.settings = settings
+        # Retiring: take what the broker queued for this worker's session, then discard the
+        # session (a group run with fewer workers than it had; docs/ingest.md).
+        self._retire = retire
+        self._retire_token = ""
+        self._drained = False
+        self.retired = False
+        """Set once retiring is finished: queue taken, spool written, session discarded."""
         self.stats = IngestStats()
         self.connected = asyncio.Event()
         self.sequences = SequenceTracker(shared=settings.mqtt.shared_group is not None)
@@ -152,6 +165,8 @@ class IngestService:
                 if own_process:
                     _settle_heap()
                 await self._consume()
+                if self._drained:
+                    await self._finish_retiring()
                 # Stopped: everything received is durable and acknowledged. The helpers
                 # use the writer: they end before it closes.
                 for helper in helpers:
@@ -210,10 +225,14 @@ class IngestService:
                         backlog=mqtt.max_unacked_messages,
                         on_backlog=self._writer.flush_soon,
                     )
-                    # Subscribe on every connect: a consumer that reconnects
-                    # but does not resubscribe is the commonest bug of the field.
-                    for topic in mqtt.subscriptions:
-                        await session.subscribe(topic, wire.QOS)
+                    if self._retire:
+                        barrier = await self._start_retiring(session)
+                    else:
+                        barrier = None
+                        # Subscribe on every connect: a consumer that reconnects
+                        # but does not resubscribe is the commonest bug of the field.
+                        for topic in mqtt.subscriptions:
+                            await session.subscribe(topic, wire.QOS)
                     self.connected.set()
                     proven = True
                     delay = 0.5
@@ -223,6 +242,10 @@ class IngestService:
                     while messages := await session.next_batch():
                         # All that one socket read brought, in one wakeup.
                         for topic, payload, mid, qos in messages:
+                            if topic == barrier:
+                                acks.ticket(mid, qos)()
+                                self._reached(session, payload)
+                                continue
                             await self.handle(topic, payload, acks.ticket(mid, qos))
                         if acks.unacked >= mqtt.max_unacked_messages:
                             # The broker stops sending at its in-flight limit:
@@ -255,6 +278,89 @@ class IngestService:
                 delay = min(delay * 2, 30.0)
             finally:
                 self._session = None
+
+    async def _start_retiring(self, session: MqttSession) -> str:
+        """Leave the group, then queue a marker behind what the broker holds for the session;
+        the marker's topic. Once it arrives, everything queued before it has been received."""
+        mqtt = self.settings.mqtt
+        for topic in mqtt.subscriptions:
+            # From now on the broker queues nothing more for this session.
+            await session.unsubscribe(topic)
+        barrier = f"{RETIRE_TOPIC}/{mqtt.session_id}"
+        await session.subscribe(barrier, wire.QOS)
+        self._retire_token = token = uuid.uuid4().hex
+        await session.publish(barrier, token.encode())
+        # A broker whose ACL drops the marker answers as if it had taken it: say so, once.
+        asyncio.get_running_loop().call_later(_MARKER_WARN_S, self._marker_late, token, barrier)
+        log.info(
+            "ingest: retiring session %s: left group %s; taking what the broker queued for "
+            "it (%d messages so far), then discarding it",
+            mqtt.session_id,
+            mqtt.shared_group,
+            self.stats.messages,
+        )
+        return barrier
+
+    def _marker_late(self, token: str, barrier: str) -> None:
+        if not self._drained and token == self._retire_token and not self._stopping.is_set():
+            log.warning(
+                "ingest: retiring: the marker on %s has not come back after %.0f s (%d messages "
+                "taken); if the broker has ACLs, allow this user to publish and subscribe to "
+                "%s/#. The session is kept meanwhile: nothing is lost",
+                barrier,
+                _MARKER_WARN_S,
+                self.stats.messages,
+                RETIRE_TOPIC,
+            )
+
+    def _reached(self, session: MqttSession, payload: bytes) -> None:
+        """A marker arrived: this connection's means the session's queue is empty."""
+        if payload.decode(errors="replace") != self._retire_token:
+            return  # an earlier connection's: more may follow it
+        self._drained = True
+        session.stop_reading()
+
+    async def _finish_retiring(self) -> None:
+        """Write the spool, give up the windows' hold, and discard the session at the broker."""
+        mqtt = self.settings.mqtt
+        if self._writer.spooled:
+            log.info(
+                "ingest: retiring session %s: writing its %d spooled points first",
+                mqtt.session_id,
+                self._writer.spooled,
+            )
+        await self._writer.wait_idle()
+        await self._derive.let_go()
+        tls = await asyncio.to_thread(context_from, mqtt.tls, "ingest settings", section="mqtt")
+        password = mqtt.password.get_secret_value() if mqtt.password is not None else None
+        delay = 0.5
+        while True:
+            try:
+                # A clean CONNECT under its client id: the broker drops the session.
+                async with MqttSession(
+                    mqtt.host,
+                    mqtt.port,
+                    mqtt.session_id,
+                    keepalive_s=mqtt.keepalive_s,
+                    username=mqtt.username,
+                    password=password,
+                    tls=tls,
+                    clean=True,
+                ):
+                    break
+            except MqttLinkError as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("ingest: cannot discard the session yet (%s); retrying", exc)
+                await self._sleep_unless_stopped(delay)
+                delay = min(delay * 2, 30.0)
+        self.retired = True
+        log.info(
+            "ingest: session %s retired: %d messages taken, every reading written; the "
+            "broker no longer keeps it",
+            mqtt.session_id,
+            self.stats.messages,
+        )
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):

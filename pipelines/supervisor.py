@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger("ecotel.ingest.supervisor")
 
@@ -35,6 +35,10 @@ class Supervisor:
     (../shared/RELIABILITY.md). So worker N is always restarted as worker N.
     The backoff (``backoff_min_s`` doubling to ``backoff_max_s``) starts again
     once a worker has run ``stable_after_s``.
+
+    ``retiring`` are numbers of workers the group no longer runs whose sessions the broker
+    still keeps: each runs (``command(number)`` retires it) until it exits 0, its session
+    taken and discarded; if it dies first it is restarted like the others.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class Supervisor:
         workers: int,
         command: Command,
         *,
+        retiring: Sequence[int] = (),
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         stable_after_s: float = 30.0,
@@ -50,12 +55,17 @@ class Supervisor:
         if workers < 1:
             raise ValueError(f"need at least one worker, not {workers}")
         self.workers = workers
+        self.retiring = sorted(set(retiring))
+        if any(number < workers for number in self.retiring):
+            raise ValueError(
+                f"workers to retire {self.retiring} must be numbered {workers} or more"
+            )
         self.command = command
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.stable_after_s = stable_after_s
         self.stop_timeout_s = stop_timeout_s
-        self.restarts = [0] * workers
+        self.restarts = dict.fromkeys([*range(workers), *self.retiring], 0)
         self.exit_code = 0
         """0, or EX_CONFIG once a worker has exited with it and the others were stopped."""
         self._procs: dict[int, asyncio.subprocess.Process] = {}
@@ -77,7 +87,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stop, sig)
         try:
             async with asyncio.TaskGroup() as tasks:
-                for number in range(self.workers):
+                for number in self.restarts:
                     tasks.create_task(self._keep_running(number), name=f"worker-{number}")
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,6 +122,9 @@ class Supervisor:
                     proc.pid,
                     describe_exit(returncode),
                 )
+                return
+            if returncode == 0 and number in self.retiring:
+                log.info("supervisor: worker %d retired (pid %d)", number, proc.pid)
                 return
             if returncode == EX_CONFIG:
                 log.error(

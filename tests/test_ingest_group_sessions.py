@@ -62,15 +62,21 @@ async def test_a_group_refuses_to_start_without_a_session_it_has_had(
     assert record["groups"] == {
         f"127.0.0.1:{mosquitto.port} {GROUP}": [f"{CLIENT_ID}-0", f"{CLIENT_ID}-1"]
     }
-    # One worker fewer: worker 1's share would wait at the broker for ever.
-    err = await _refused(config, "--workers", "1")
-    assert f"{CLIENT_ID}-1" in err
-    assert "--workers 2" in err
-    assert "mqtt-sessions.json" in err
-    # One process alone in the group (no --workers) is one session fewer too.
+    # One process alone in the group (no --workers) would leave both sessions' share unread;
+    # a supervisor retires the workers it no longer runs (tests/test_ingest_retire.py).
     err = await _refused(config)
     assert f"{CLIENT_ID}-0, {CLIENT_ID}-1" in err
     assert "--workers 2" in err
+    assert "mqtt-sessions.json" in err
+    assert "--retire" in err
+    # Another client id's workers are not this supervisor's to retire.
+    other = tmp_path / "other.toml"
+    other.write_text(
+        config.read_text().replace(f'client_id = "{CLIENT_ID}"', 'client_id = "renamed"'),
+        encoding="utf-8",
+    )
+    err = await _refused(other, "--workers", "2")
+    assert f"{CLIENT_ID}-0, {CLIENT_ID}-1 are not a worker of mqtt.client_id 'renamed'" in err
 
 
 async def test_a_damaged_record_is_named_not_ignored(tmp_path: Path) -> None:
