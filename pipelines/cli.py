@@ -26,6 +26,7 @@ from pipelines.derive_cli import (
 )
 from pipelines.group_sessions import (
     forget_session,
+    plain_session_recorded,
     record_sessions,
     refusal,
     retirable,
@@ -66,8 +67,10 @@ Fewer workers than the group has had: the supervisor also starts each
 recorded worker K it no longer runs with --retire, which leaves the group,
 takes what the broker queued for K's session, writes it (and K's spool),
 then discards the session; K is then forgotten (mqtt-sessions.json beside
-the dead-letter store). --worker K --retire does the same by hand (exit 0
-once retired, 75 if stopped before)."""
+the dead-letter store). So is the session of a single ingest with the same
+client id that ran before the group. --worker K --retire (or --retire
+alone, for that single ingest's session) does the same by hand (exit 0 once
+retired, 75 if stopped before)."""
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -124,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--retire",
         action="store_true",
-        help="with --worker K: take what the broker queued for worker K's session, then "
-        "discard the session and forget K (see above)",
+        help="take what the broker queued for worker K's session (with --worker K) or for the "
+        "single ingest's before the group (alone), then discard the session (see above)",
     )
     dl = sub.add_parser("dead-letters", help="inspect refused messages and readings")
     dl_sub = dl.add_subparsers(dest="action", required=True)
@@ -171,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecotel-ingest: {exc}", file=sys.stderr)
         return 2
     if args.command == "run":
-        if args.retire and (args.worker is None or settings.mqtt.shared_group is None):
+        if args.retire and (args.workers is not None or settings.mqtt.shared_group is None):
             print(
-                "ecotel-ingest: --retire needs --worker K and a shared group (mqtt.shared_group)",
+                "ecotel-ingest: --retire needs the shared group the session leaves "
+                "(mqtt.shared_group), and --worker K or nothing (the single ingest's session), "
+                "not --workers",
                 file=sys.stderr,
             )
             return 2
@@ -181,15 +186,17 @@ def main(argv: list[str] | None = None) -> int:
             return _supervise(settings, args)
         if args.worker is not None:
             settings = for_worker(settings, args.worker)
-        if settings.mqtt.shared_group is not None and args.worker is None:
+        if args.retire:
+            pass  # a session leaving: neither checked against the record nor added to it
+        elif settings.mqtt.shared_group is not None and args.worker is None:
             # One process alone in a group: it must not strand a former worker's share.
             problem = _group_sessions_problem(settings, [settings.mqtt.session_id])
             if problem is not None:
                 print(f"ecotel-ingest: {problem}", file=sys.stderr)
                 return 2
-        elif settings.mqtt.shared_group is not None and not args.retire:
-            # A worker started by hand (one unit each): recorded, so that a supervisor
-            # started later with fewer workers knows of it.
+        elif settings.mqtt.shared_group is not None or args.worker is None:
+            # A worker started by hand (one unit each), or a single ingest: recorded, so that
+            # a supervisor started later retires what it no longer runs.
             try:
                 record_sessions(settings, [settings.mqtt.session_id])
             except ValueError as exc:
@@ -248,7 +255,7 @@ def _retired(settings: IngestSettings, service: IngestService) -> int:
             settings.mqtt.session_id,
         )
         return 75
-    forget_session(settings, settings.mqtt.session_id)
+    forget_session(settings, settings.mqtt.session_id, plain=settings.mqtt.worker is None)
     return 0
 
 
@@ -280,25 +287,26 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
         print(f"ecotel-ingest: {exc}", file=sys.stderr)
         return 2
     # Workers it had and no longer runs are retired; another client id's sessions it cannot.
-    retiring, others = retirable(settings, stranded)
+    numbers, others = retirable(settings, stranded)
     if others:
         print(f"ecotel-ingest: {refusal(settings, others, sessions)}", file=sys.stderr)
         return 2
     record_sessions(settings, sessions)
+    # A single ingest of this client id before: its session gets a copy of every message.
+    retiring: list[int | None] = [*numbers, *([None] if plain_session_recorded(settings) else [])]
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     # Workers read the same file and inherit the environment, so
     # ECOTEL_INGEST_* overrides reach them too.
     config = ["--config", str(args.config.absolute())] if args.config else []
 
-    def command(number: int) -> list[str]:
+    def command(number: int | None) -> list[str]:
         return [
             sys.executable,
             "-m",
             "pipelines",
             *config,
             "run",
-            "--worker",
-            str(number),
+            *(["--worker", str(number)] if number is not None else []),
             "--log-level",
             args.log_level,
             *(["--retire"] if number in retiring else []),
@@ -317,7 +325,10 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
         logging.getLogger("ecotel.ingest.supervisor").info(
             "supervisor: the group has had more workers: retiring %s (their queued share "
             "is taken and written, then their sessions are discarded)",
-            ", ".join(f"{mqtt.client_id}-{number}" for number in retiring),
+            ", ".join(
+                mqtt.client_id if number is None else f"{mqtt.client_id}-{number}"
+                for number in retiring
+            ),
         )
     supervisor = Supervisor(args.workers, command, retiring=retiring)
     asyncio.run(supervisor.run())

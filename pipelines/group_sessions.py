@@ -31,9 +31,19 @@ def record_path(settings: IngestSettings) -> Path:
     return settings.dead_letter.path.with_name("mqtt-sessions.json")
 
 
-def group_key(settings: IngestSettings) -> str:
+def group_key(settings: IngestSettings, *, plain: bool = False) -> str:
+    """The record's key: the broker and the shared group, or ``(no group)`` for the sessions
+    of single ingests (``plain``, or settings without a group)."""
     mqtt = settings.mqtt
-    return f"{mqtt.host}:{mqtt.port} {mqtt.shared_group}"
+    group = "(no group)" if plain or mqtt.shared_group is None else mqtt.shared_group
+    return f"{mqtt.host}:{mqtt.port} {group}"
+
+
+def plain_session_recorded(settings: IngestSettings) -> bool:
+    """Whether a single ingest with this client id ran on this broker: its session gets a copy
+    of every message while the group runs, until it is retired."""
+    record = _load(record_path(settings))
+    return settings.mqtt.client_id in record.groups.get(group_key(settings, plain=True), [])
 
 
 def stranded_sessions(settings: IngestSettings, sessions: list[str]) -> list[str]:
@@ -43,7 +53,8 @@ def stranded_sessions(settings: IngestSettings, sessions: list[str]) -> list[str
 
 
 def record_sessions(settings: IngestSettings, sessions: list[str]) -> None:
-    """Remember ``sessions`` (with those recorded before) as the group's."""
+    """Remember ``sessions`` (with those recorded before) as the group's, or as single
+    ingests' for settings without a group."""
     path = record_path(settings)
     key = group_key(settings)
     if set(sessions) <= set(_load(path).groups.get(key, [])):
@@ -57,10 +68,10 @@ def record_sessions(settings: IngestSettings, sessions: list[str]) -> None:
         _save(path, record)
 
 
-def forget_session(settings: IngestSettings, session: str) -> None:
-    """``session`` was retired: the group no longer has it."""
+def forget_session(settings: IngestSettings, session: str, *, plain: bool = False) -> None:
+    """``session`` was retired: the group (or, ``plain``, the single ingests) no longer has it."""
     path = record_path(settings)
-    key = group_key(settings)
+    key = group_key(settings, plain=plain)
     with taking_turns(path.with_name(f"{path.name}.lock")):
         record = _load(path)
         record.groups[key] = [s for s in record.groups.get(key, []) if s != session]

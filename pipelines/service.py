@@ -283,8 +283,9 @@ class IngestService:
         """Leave the group, then queue a marker behind what the broker holds for the session;
         the marker's topic. Once it arrives, everything queued before it has been received."""
         mqtt = self.settings.mqtt
-        for topic in mqtt.subscriptions:
-            # From now on the broker queues nothing more for this session.
+        # Both forms: a worker's session has the shared filters, a single ingest's the plain
+        # ones. From now on the broker queues nothing more for this session.
+        for topic in dict.fromkeys([*mqtt.subscriptions, *mqtt.topics]):
             await session.unsubscribe(topic)
         barrier = f"{RETIRE_TOPIC}/{mqtt.session_id}"
         await session.subscribe(barrier, wire.QOS)
@@ -293,8 +294,8 @@ class IngestService:
         # A broker whose ACL drops the marker answers as if it had taken it: say so, once.
         asyncio.get_running_loop().call_later(_MARKER_WARN_S, self._marker_late, token, barrier)
         log.info(
-            "ingest: retiring session %s: left group %s; taking what the broker queued for "
-            "it (%d messages so far), then discarding it",
+            "ingest: retiring session %s: unsubscribed, so that group %s has every message; "
+            "taking what the broker queued for it (%d messages so far), then discarding it",
             mqtt.session_id,
             mqtt.shared_group,
             self.stats.messages,

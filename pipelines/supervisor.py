@@ -8,8 +8,15 @@ from collections.abc import Callable, Sequence
 
 log = logging.getLogger("ecotel.ingest.supervisor")
 
-Command = Callable[[int], list[str]]
+WorkerId = int | None
+"""A worker's number; None for the session of a single ingest before the group (retiring)."""
+Command = Callable[[WorkerId], list[str]]
 """The command line of worker number N."""
+
+
+def worker_name(number: WorkerId) -> str:
+    return "the single ingest's session" if number is None else f"worker {number}"
+
 
 # EX_CONFIG: a worker refused by the broker for its settings (pipelines/cli.py). Restarting
 # cannot mend it, and every worker shares the settings: stop them all and exit with it.
@@ -37,7 +44,7 @@ class Supervisor:
     once a worker has run ``stable_after_s``.
 
     ``retiring`` are numbers of workers the group no longer runs whose sessions the broker
-    still keeps: each runs (``command(number)`` retires it) until it exits 0, its session
+    still keeps (None: a single ingest's from before the group): each runs (``command(number)`` retires it) until it exits 0, its session
     taken and discarded; if it dies first it is restarted like the others.
     """
 
@@ -46,7 +53,7 @@ class Supervisor:
         workers: int,
         command: Command,
         *,
-        retiring: Sequence[int] = (),
+        retiring: Sequence[WorkerId] = (),
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         stable_after_s: float = 30.0,
@@ -55,8 +62,8 @@ class Supervisor:
         if workers < 1:
             raise ValueError(f"need at least one worker, not {workers}")
         self.workers = workers
-        self.retiring = sorted(set(retiring))
-        if any(number < workers for number in self.retiring):
+        self.retiring = list(dict.fromkeys(retiring))
+        if any(number is not None and number < workers for number in self.retiring):
             raise ValueError(
                 f"workers to retire {self.retiring} must be numbered {workers} or more"
             )
@@ -65,14 +72,14 @@ class Supervisor:
         self.backoff_max_s = backoff_max_s
         self.stable_after_s = stable_after_s
         self.stop_timeout_s = stop_timeout_s
-        self.restarts = dict.fromkeys([*range(workers), *self.retiring], 0)
+        self.restarts: dict[WorkerId, int] = dict.fromkeys([*range(workers), *self.retiring], 0)
         self.exit_code = 0
         """0, or EX_CONFIG once a worker has exited with it and the others were stopped."""
-        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._procs: dict[WorkerId, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
 
     @property
-    def pids(self) -> dict[int, int]:
+    def pids(self) -> dict[WorkerId, int]:
         """Worker number -> pid of its running process."""
         return {n: p.pid for n, p in self._procs.items() if p.returncode is None}
 
@@ -102,13 +109,13 @@ class Supervisor:
         for proc in self._procs.values():
             self._terminate(proc)
 
-    async def _keep_running(self, number: int) -> None:
+    async def _keep_running(self, number: WorkerId) -> None:
         loop = asyncio.get_running_loop()
         delay = self.backoff_min_s
         while not self._stopping.is_set():
             proc = await asyncio.create_subprocess_exec(*self.command(number))
             self._procs[number] = proc
-            log.info("supervisor: worker %d started: pid %d", number, proc.pid)
+            log.info("supervisor: %s started: pid %d", worker_name(number), proc.pid)
             if self._stopping.is_set():
                 # stop() came while this one was being started.
                 self._terminate(proc)
@@ -117,20 +124,20 @@ class Supervisor:
             del self._procs[number]
             if self._stopping.is_set():
                 log.info(
-                    "supervisor: worker %d (pid %d) stopped: %s",
-                    number,
+                    "supervisor: %s (pid %d) stopped: %s",
+                    worker_name(number),
                     proc.pid,
                     describe_exit(returncode),
                 )
                 return
             if returncode == 0 and number in self.retiring:
-                log.info("supervisor: worker %d retired (pid %d)", number, proc.pid)
+                log.info("supervisor: %s retired (pid %d)", worker_name(number), proc.pid)
                 return
             if returncode == EX_CONFIG:
                 log.error(
-                    "supervisor: worker %d (pid %d) exited %d: its settings were refused "
+                    "supervisor: %s (pid %d) exited %d: its settings were refused "
                     "(its log says which); not restarting, stopping every worker",
-                    number,
+                    worker_name(number),
                     proc.pid,
                     EX_CONFIG,
                 )
@@ -141,8 +148,8 @@ class Supervisor:
                 delay = self.backoff_min_s
             self.restarts[number] += 1
             log.warning(
-                "supervisor: worker %d (pid %d) died: %s; restarting it in %.1f s (restart %d)",
-                number,
+                "supervisor: %s (pid %d) died: %s; restarting it in %.1f s (restart %d)",
+                worker_name(number),
                 proc.pid,
                 describe_exit(returncode),
                 delay,
@@ -153,7 +160,7 @@ class Supervisor:
                     await self._stopping.wait()
             delay = min(delay * 2, self.backoff_max_s)
 
-    async def _wait(self, number: int, proc: asyncio.subprocess.Process) -> int:
+    async def _wait(self, number: WorkerId, proc: asyncio.subprocess.Process) -> int:
         """The worker's returncode; once stopping, SIGKILL it after ``stop_timeout_s``."""
         exited = asyncio.ensure_future(proc.wait())
         stopping = asyncio.ensure_future(self._stopping.wait())
@@ -165,9 +172,8 @@ class Supervisor:
                         await asyncio.shield(exited)
                 except TimeoutError:
                     log.error(
-                        "supervisor: worker %d (pid %d) still running %g s after SIGTERM; "
-                        "killing it",
-                        number,
+                        "supervisor: %s (pid %d) still running %g s after SIGTERM; killing it",
+                        worker_name(number),
                         proc.pid,
                         self.stop_timeout_s,
                     )

@@ -25,10 +25,11 @@ CLIENT_ID, GROUP, SITE, GATEWAY = "ingest-shrink", "shrink", "shrink-site", "gw-
 pytestmark = pytest.mark.slow
 
 
-def _config(tmp_path: Path, broker: int, influx: str, database: str) -> Path:
-    config = tmp_path / "ingest.toml"
+def _config(tmp_path: Path, broker: int, influx: str, database: str, *, group: bool = True) -> Path:
+    config = tmp_path / ("ingest.toml" if group else "single.toml")
+    shared = f'shared_group = "{GROUP}"\n' if group else ""
     config.write_text(
-        f'[mqtt]\nport = {broker}\nclient_id = "{CLIENT_ID}"\nshared_group = "{GROUP}"\n'
+        f'[mqtt]\nport = {broker}\nclient_id = "{CLIENT_ID}"\n{shared}'
         f'[influx]\nurl = "{influx}"\ndatabase = "{database}"\n'
         f'[dead_letter]\npath = "{tmp_path / "state" / "dead.sqlite3"}"\n'
         # Every message its own batch: nothing waits for a timer.
@@ -38,11 +39,11 @@ def _config(tmp_path: Path, broker: int, influx: str, database: str) -> Path:
     return config
 
 
-async def _supervisor(config: Path, workers: int) -> asyncio.subprocess.Process:
+async def _supervisor(config: Path, workers: int | None) -> asyncio.subprocess.Process:
+    """``run --workers N``, or a single ingest (None)."""
     return await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "pipelines", "--config", str(config), "run"],
-        "--workers",
-        str(workers),
+        *(["--workers", str(workers)] if workers is not None else []),
         stderr=asyncio.subprocess.PIPE,
     )
 
@@ -175,3 +176,33 @@ async def test_a_retiring_worker_killed_midway_is_restarted_and_finishes(
         f"127.0.0.1:{mosquitto.port} {GROUP}": [f"{CLIENT_ID}-0", f"{CLIENT_ID}-1"]
     }
     await _stop(two)
+
+
+async def test_a_group_retires_the_single_ingest_it_replaces(
+    tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer
+) -> None:
+    database = "shrink_single"
+    single_config = _config(tmp_path, mosquitto.port, influxdb.url, database, group=False)
+    single = await _supervisor(single_config, None)
+    await _read_until(single, rf"ingest connected to .* as {CLIENT_ID}$")
+    await _stop(single)
+    # Queued for the single ingest's session alone.
+    await _publish(mosquitto.port, 0, 40)
+
+    config = _config(tmp_path, mosquitto.port, influxdb.url, database)
+    two = await _supervisor(config, 2)
+    log = await _read_until(two, r"supervisor: the single ingest's session retired")
+    assert f"retiring {CLIENT_ID} (" in log
+    await _wait_stored(influxdb.url, database, 40)
+    record = json.loads((tmp_path / "state" / "mqtt-sessions.json").read_text())
+    assert record["groups"] == {
+        f"127.0.0.1:{mosquitto.port} {GROUP}": [f"{CLIENT_ID}-0", f"{CLIENT_ID}-1"]
+    }
+    await _publish(mosquitto.port, 40, 20)
+    await _wait_stored(influxdb.url, database, 60)
+    await _stop(two)
+    # Without this, the broker would queue a copy of every message for it for ever.
+    async with MqttSession(
+        "127.0.0.1", mosquitto.port, CLIENT_ID, keepalive_s=30, clean=False
+    ) as session:
+        assert not session.session_present
