@@ -255,7 +255,11 @@ def _retired(settings: IngestSettings, service: IngestService) -> int:
             settings.mqtt.session_id,
         )
         return 75
-    forget_session(settings, settings.mqtt.session_id, plain=settings.mqtt.worker is None)
+    try:
+        forget_session(settings, settings.mqtt.session_id, plain=settings.mqtt.worker is None)
+    except ValueError as exc:  # the record was damaged meanwhile: the session is gone anyway
+        print(f"ecotel-ingest: session retired, but {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
