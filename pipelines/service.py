@@ -199,21 +199,10 @@ class IngestService:
     async def _consume(self) -> None:
         mqtt = self.settings.mqtt
         delay = 0.5
-        # File problems were reported at start (ecotel-ingest checks them before running).
-        tls = await asyncio.to_thread(context_from, mqtt.tls, "ingest settings", section="mqtt")
-        password = mqtt.password.get_secret_value() if mqtt.password is not None else None
         proven = False
         while not self._stopping.is_set():
             try:
-                session = MqttSession(
-                    mqtt.host,
-                    mqtt.port,
-                    mqtt.session_id,
-                    keepalive_s=mqtt.keepalive_s,
-                    username=mqtt.username,
-                    password=password,
-                    tls=tls,
-                )
+                session = await self._mqtt_session()
                 async with session:
                     self._session = session
                     if self._stopping.is_set():
@@ -279,6 +268,22 @@ class IngestService:
             finally:
                 self._session = None
 
+    async def _mqtt_session(self, *, clean: bool = False) -> MqttSession:
+        """A link for this worker's client id, with the configured credentials and TLS."""
+        mqtt = self.settings.mqtt
+        # File problems were reported at start (ecotel-ingest checks them before running).
+        tls = await asyncio.to_thread(context_from, mqtt.tls, "ingest settings", section="mqtt")
+        return MqttSession(
+            mqtt.host,
+            mqtt.port,
+            mqtt.session_id,
+            keepalive_s=mqtt.keepalive_s,
+            username=mqtt.username,
+            password=mqtt.password.get_secret_value() if mqtt.password is not None else None,
+            tls=tls,
+            clean=clean,
+        )
+
     async def _start_retiring(self, session: MqttSession) -> str:
         """Leave the group, then queue a marker behind what the broker holds for the session;
         the marker's topic. Once it arrives, everything queued before it has been received."""
@@ -332,22 +337,11 @@ class IngestService:
             )
         await self._writer.wait_idle()
         await self._derive.let_go()
-        tls = await asyncio.to_thread(context_from, mqtt.tls, "ingest settings", section="mqtt")
-        password = mqtt.password.get_secret_value() if mqtt.password is not None else None
         delay = 0.5
         while True:
             try:
                 # A clean CONNECT under its client id: the broker drops the session.
-                async with MqttSession(
-                    mqtt.host,
-                    mqtt.port,
-                    mqtt.session_id,
-                    keepalive_s=mqtt.keepalive_s,
-                    username=mqtt.username,
-                    password=password,
-                    tls=tls,
-                    clean=True,
-                ):
+                async with await self._mqtt_session(clean=True):
                     break
             except MqttLinkError as exc:
                 if self._stopping.is_set():

@@ -102,6 +102,17 @@ async def _wait_stored(url: str, database: str, expected: int) -> None:
             await asyncio.sleep(0.2)
 
 
+async def _had_three_workers(
+    tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer, database: str
+) -> Path:
+    """Run the group with three workers until all are subscribed, and stop it; its config."""
+    config = _config(tmp_path, mosquitto.port, influxdb.url, database)
+    three = await _supervisor(config, 3)
+    await _read_until(three, rf"ingest connected to .* as {CLIENT_ID}-\d", 3)
+    await _stop(three)
+    return config
+
+
 @pytest.fixture
 async def mosquitto(tmp_path: Path) -> AsyncIterator[MosquittoServer]:
     """A broker of the test's own: the sessions it leaves queue no other test's messages."""
@@ -113,11 +124,7 @@ async def test_fewer_workers_retire_the_others_and_lose_nothing(
     tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer
 ) -> None:
     database = "shrink"
-    config = _config(tmp_path, mosquitto.port, influxdb.url, database)
-    three = await _supervisor(config, 3)
-    await _read_until(three, rf"ingest connected to .* as {CLIENT_ID}-\d", 3)
-    await _stop(three)
-
+    config = await _had_three_workers(tmp_path, mosquitto, influxdb, database)
     # Nobody reads: the broker queues each message for one of the three sessions.
     await _publish(mosquitto.port, 0, 60)
     two = await _supervisor(config, 2)
@@ -157,10 +164,7 @@ async def test_a_retiring_worker_killed_midway_is_restarted_and_finishes(
     tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer
 ) -> None:
     database = "shrink_killed"
-    config = _config(tmp_path, mosquitto.port, influxdb.url, database)
-    three = await _supervisor(config, 3)
-    await _read_until(three, rf"ingest connected to .* as {CLIENT_ID}-\d", 3)
-    await _stop(three)
+    config = await _had_three_workers(tmp_path, mosquitto, influxdb, database)
     await _publish(mosquitto.port, 0, 300)
 
     two = await _supervisor(config, 2)
