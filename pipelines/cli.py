@@ -39,6 +39,7 @@ from pipelines.supervisor import Supervisor
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [worker {worker}]: %(message)s"
+RETIRE_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [retiring {session}]: %(message)s"
 # How often a worker checks that the process that started it is still there.
 _PARENT_CHECK_S = 1.0
 
@@ -204,7 +205,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         worker = settings.mqtt.worker
         # Workers share the supervisor's stderr: each line says whose it is.
-        log_format = LOG_FORMAT if worker is None else WORKER_LOG_FORMAT.format(worker=worker)
+        if args.retire:
+            log_format = RETIRE_LOG_FORMAT.format(session=settings.mqtt.session_id)
+        elif worker is None:
+            log_format = LOG_FORMAT
+        else:
+            log_format = WORKER_LOG_FORMAT.format(worker=worker)
         logging.basicConfig(level=args.log_level.upper(), format=log_format)
         if logging.getLogger().level > logging.DEBUG:
             # httpx logs every request at INFO: a line per batch written buries the ingest's own.
@@ -327,8 +333,8 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
     )
     if retiring:
         logging.getLogger("ecotel.ingest.supervisor").info(
-            "supervisor: the group has had more workers: retiring %s (their queued share "
-            "is taken and written, then their sessions are discarded)",
+            "supervisor: retiring the sessions the group no longer runs: %s (what the broker "
+            "queued for them is taken and written, then they are discarded)",
             ", ".join(
                 mqtt.client_id if number is None else f"{mqtt.client_id}-{number}"
                 for number in retiring

@@ -243,7 +243,14 @@ class IngestService:
                     # stop(): the socket is no longer read. Write what was received
                     # now, and leave once every PUBACK is due (sent on the way out,
                     # before DISCONNECT).
-                    log.info("ingest stopping: writing %d messages received", acks.unacked)
+                    if self._drained:
+                        log.info(
+                            "ingest: retiring session %s: its marker is back, so everything "
+                            "queued for it is received; writing what is not yet written",
+                            mqtt.session_id,
+                        )
+                    else:
+                        log.info("ingest stopping: writing %d messages received", acks.unacked)
                     self._writer.drain_now()
                     await acks.all_done()
                     return

@@ -129,7 +129,7 @@ async def test_fewer_workers_retire_the_others_and_lose_nothing(
     await _publish(mosquitto.port, 0, 60)
     two = await _supervisor(config, 2)
     log = await _read_until(two, r"supervisor: worker 2 retired")
-    assert f"retiring {CLIENT_ID}-2" in log
+    assert f"no longer runs: {CLIENT_ID}-2 (" in log
     assert re.search(rf"session {CLIENT_ID}-2 retired: \d+ messages taken", log), log
     # Each of the 60 readings once: worker 2's share included, no copy.
     await _wait_stored(influxdb.url, database, 60)
@@ -196,7 +196,7 @@ async def test_a_group_retires_the_single_ingest_it_replaces(
     config = _config(tmp_path, mosquitto.port, influxdb.url, database)
     two = await _supervisor(config, 2)
     log = await _read_until(two, r"supervisor: the single ingest's session retired")
-    assert f"retiring {CLIENT_ID} (" in log
+    assert f"no longer runs: {CLIENT_ID} (" in log
     await _wait_stored(influxdb.url, database, 40)
     record = json.loads((tmp_path / "state" / "mqtt-sessions.json").read_text())
     assert record["groups"] == {
