@@ -9,14 +9,27 @@ IT_CIRCUITS = ("ups_output", "pdu_output", "it_load")
 FACILITY_CIRCUIT = "utility"
 
 
+def window_query(select: str, measurement: str, window: str) -> str:
+    """The figures of one window length, each at its own timestamp: the window's start.
+
+    No GROUP BY time: its buckets are aligned to UTC, and a window starts at the
+    site's local midnight or hour (utc_offset_h may be +8 or +5.5), so a bucket
+    would draw a day's figure up to a day early.
+    """
+    return (
+        f'SELECT {select} FROM "{measurement}" {SITE_FILTER} '
+        f'AND "{names.WINDOW_TAG}" = \'{window}\' GROUP BY "site"'
+    )
+
+
 def pue_panel(window: str, label: str) -> Panel:
     return series_panel(
         f"PUE per {label}",
         f"Facility (utility) energy / IT energy over each {label}, from the energy counters "
         "(ISO/IEC 30134-2; the ingest's pue measurement). Windows with a missing, reset or "
-        f"implausible counter have no value. Target {limits.PUE_TARGET}.",
-        f'SELECT last("{names.PUE_FIELD}") FROM "{names.PUE}" {SITE_FILTER} '
-        f'AND "{names.WINDOW_TAG}" = \'{window}\' GROUP BY time({window}), "site" fill(none)',
+        f"implausible counter have no value. Each figure is drawn at its {label}'s start on "
+        f"the site's local clock. Target {limits.PUE_TARGET}.",
+        window_query(f'"{names.PUE_FIELD}"', names.PUE, window),
         alias="$tag_site",
         unit="none",
         decimals=3,
@@ -42,9 +55,9 @@ def power_panel() -> Panel:
 def clean_share_panel() -> Panel:
     return series_panel(
         "Clean-energy share per hour (REF)",
-        "Renewable / facility energy (ISO/IEC 30134-3), where a renewable feed is metered.",
-        f'SELECT last("{names.REF_FIELD}") * 100 FROM "{names.REF}" {SITE_FILTER} '
-        f'AND "{names.WINDOW_TAG}" = \'{names.HOUR}\' GROUP BY time(1h), "site" fill(none)',
+        "Renewable / facility energy (ISO/IEC 30134-3), where a renewable feed is metered. "
+        "Each figure is drawn at its hour's start on the site's local clock.",
+        window_query(f'"{names.REF_FIELD}" * 100', names.REF, names.HOUR),
         alias="$tag_site",
         unit="percent",
         decimals=1,
