@@ -203,6 +203,10 @@ class _ManagedServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                # Out of the caller's process group: a terminal's Ctrl-C or hang-up goes to the
+                # program that started it, which stops it in order (after the ingest has
+                # written what it holds), not to the server at the same instant.
+                start_new_session=True,
             )
         finally:
             log.close()

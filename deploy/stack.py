@@ -230,8 +230,17 @@ async def _settle(ingest: IngestService, published: int, timeout_s: float = 30.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ingest.stats.received >= published:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
-                await ingest.wait_idle()
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                    await ingest.wait_idle()
+            except TimeoutError:
+                log.warning(
+                    "InfluxDB has not taken everything before the stop timeout: %d points "
+                    "wait in the ingest's spool and %d more in memory; the spool is written "
+                    "at the next start, and the broker gives the rest again then",
+                    ingest.writer.spooled,
+                    ingest.writer.pending,
+                )
             return
         await asyncio.sleep(0.1)
     log.warning(

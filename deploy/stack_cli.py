@@ -122,7 +122,8 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 async def _run(options: StackOptions) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal closed; stop as for Ctrl-C rather than die with the servers up.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     await run_stack(options, stop)
 

@@ -137,3 +137,44 @@ def test_a_stack_gateway_whose_outbox_another_process_holds_is_named(tmp_path: P
     assert done.returncode == 1
     assert f"is in use by another process (pid {os.getpid()}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+def test_a_terminals_signal_to_the_whole_job_stops_the_stack_in_order(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    # A terminal signals its whole foreground job (Ctrl-C: SIGINT; closing it: SIGHUP), not
+    # the stack alone: the servers must outlive the ingest's last write, then be stopped.
+    psutil = pytest.importorskip("psutil")
+    data = tmp_path / "data"
+    running = subprocess.Popen(
+        [*STACK, "run", "--data-dir", str(data), "--duration", "60", "--interval", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert running.stdout is not None
+        for line in running.stdout:
+            if re.search(r"stored [1-9]", line):
+                break
+        servers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(data) in " ".join(p.info["cmdline"] or []) and p.pid != running.pid
+        ]
+        assert len(servers) == 2, servers  # Mosquitto and InfluxDB
+        os.killpg(running.pid, sig)
+        out, err = running.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(running.pid, signal.SIGKILL)
+    assert running.returncode == 0, err
+    assert "Traceback" not in err
+    stopped = re.search(r"(\d+) readings published, (\d+) written to InfluxDB", out)
+    assert stopped is not None, out
+    assert stopped[1] == stopped[2]
+    _, alive = psutil.wait_procs(servers, timeout=10)
+    assert not alive, f"left running: {alive}"
