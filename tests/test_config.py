@@ -85,6 +85,9 @@ def test_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
     bad.write_text("[gateway\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         load_gateway_config(bad)
+    # A directory given for the file (or one it may not read): named, not a traceback.
+    with pytest.raises(ConfigError, match="cannot read the configuration file: Is a directory"):
+        load_gateway_config(tmp_path)
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
