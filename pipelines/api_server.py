@@ -8,6 +8,7 @@ from collections.abc import Generator
 import uvicorn
 
 from pipelines.api import build_app
+from pipelines.config import ApiUnavailable
 from pipelines.service import IngestService
 
 log = logging.getLogger("ecotel.ingest.api")
@@ -27,7 +28,7 @@ async def serve_api(service: IngestService) -> None:
     try:
         sock = socket.create_server((api.host, port), reuse_port=False)
     except OSError as exc:
-        raise OSError(
+        raise ApiUnavailable(
             f"api: cannot listen on {api.host}:{port} (api.host, api.port): {exc}"
         ) from exc
     config = uvicorn.Config(

@@ -15,7 +15,13 @@ from collector.broker_link import context_from
 from collector.durable_sqlite import StoreUnusable
 from collector.settings_loader import ConfigError, build_settings
 from collector.stdout_pipe import reader_left
-from pipelines.config import IngestSettings, SpoolSettings, for_worker, load_ingest_config
+from pipelines.config import (
+    ApiUnavailable,
+    IngestSettings,
+    SpoolSettings,
+    for_worker,
+    load_ingest_config,
+)
 from pipelines.dead_letter import DeadLetter, DeadLetterStore
 from pipelines.derive_cli import (
     InfluxAway,
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             # httpx logs every request at INFO: a line per batch written buries the ingest's own.
             logging.getLogger("httpx").setLevel(logging.WARNING)
         refused: MqttRefused | None = None
-        unusable: StoreUnusable | None = None
+        unusable: StoreUnusable | OSError | None = None
         service = IngestService(settings, retire=args.retire)
         try:
             asyncio.run(_run(service, watch_parent=args.worker is not None))
@@ -224,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
             first = group.exceptions[0]
             assert isinstance(first, MqttRefused)
             refused = first
-        except* StoreUnusable as group:
-            store = group.exceptions[0]
-            assert isinstance(store, StoreUnusable)
-            unusable = store
+        except* (StoreUnusable, ApiUnavailable) as group:
+            first_error = group.exceptions[0]
+            assert isinstance(first_error, StoreUnusable | ApiUnavailable)
+            unusable = first_error
         if unusable is not None:
-            # Exit (a supervisor or systemd restarts it): never hang on a file it cannot use.
-            print(f"ecotel-ingest: {unusable}", file=sys.stderr)
+            # Exit (a supervisor or systemd restarts it): never hang on a file it cannot use,
+            # nor run without the API its settings ask for.
+            where = f"{source}: " if isinstance(unusable, ApiUnavailable) else ""
+            print(f"ecotel-ingest: {where}{unusable}", file=sys.stderr)
             return 1
         if refused is not None:
             print(

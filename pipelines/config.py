@@ -312,6 +312,10 @@ class ApiToken(_Section):
         return self.gateway is None
 
 
+class ApiUnavailable(OSError):
+    """The HTTP API cannot listen where its settings say (a port in use, an address not ours)."""
+
+
 class ApiSettings(_Section):
     """The HTTP API (pipelines/api.py): health, metrics, readings over HTTP, dead letters."""
 

@@ -1,6 +1,7 @@
 """A worker that fails at start exits (its supervisor restarts it) instead of hanging on an open file."""
 
 import asyncio
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -37,4 +38,34 @@ async def test_a_worker_whose_old_derive_file_is_unreadable_exits(
     assert worker.returncode == 1
     err = stderr.decode()
     assert f"cannot open {state / 'derive-worker1.sqlite3'}: file is not a database" in err
+    assert "Traceback" not in err
+
+
+async def test_an_api_port_in_use_is_one_line_naming_the_file_and_keys(
+    influxdb: InfluxServer, tmp_path: Path, free_port: int
+) -> None:
+    config = tmp_path / "ingest.toml"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        config.write_text(
+            f'[mqtt]\nport = {free_port}\nclient_id = "api-taken"\n'
+            f'[influx]\nurl = "{influxdb.url}"\ndatabase = "sf_{uuid.uuid4().hex[:8]}"\n'
+            f'[dead_letter]\npath = "{tmp_path / "state" / "dead.sqlite3"}"\n'
+            f"[api]\nenabled = true\nport = {taken.getsockname()[1]}\n",
+            encoding="utf-8",
+        )
+        ingest = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "pipelines", "--config", str(config), "run"],
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(120):
+                _, stderr = await ingest.communicate()
+        finally:
+            if ingest.returncode is None:
+                ingest.kill()
+                await ingest.wait()
+    assert ingest.returncode == 1
+    err = stderr.decode()
+    assert f"{config}: api: cannot listen on 127.0.0.1:" in err
+    assert "(api.host, api.port)" in err
     assert "Traceback" not in err
