@@ -5,7 +5,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from collector.durable_sqlite import StoreUnusable
 from collector.process_lock import InUse
@@ -13,6 +15,8 @@ from collector.settings_loader import ConfigError
 from deploy.servers import ServerStartError
 from deploy.stack import StackDataMissing, StackOptions, query_stack, run_stack
 from pipelines.influx_writer import InfluxError
+
+N = TypeVar("N", int, float)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(run)
     run.add_argument(
         "--duration",
-        type=float,
+        type=_at_least(float, 0, inclusive=False),
         metavar="SECONDS",
         help="stop after this long (default: run until Ctrl-C)",
     )
     run.add_argument("--fresh", action="store_true", help="delete the data dir first")
     run.add_argument(
         "--interval",
-        type=float,
+        type=_at_least(float, 0, inclusive=True),
         default=1.0,
         metavar="SECONDS",
         help="poll every simulated device at this interval (default 1 s, a lively demo; "
@@ -44,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--scale",
-        type=int,
+        type=_at_least(int, 1, inclusive=True),
         default=1,
         metavar="N",
         help="N copies of every simulated device, for load tests (default 1)",
@@ -61,6 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(query)
     query.add_argument("influxql", help="e.g. 'SELECT * FROM weather ORDER BY time DESC LIMIT 5'")
     return parser
+
+
+def _at_least(kind: type[N], minimum: N, *, inclusive: bool) -> Callable[[str], N]:
+    """An argparse type: a number of ``kind`` not below ``minimum`` (above it, if not inclusive)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < minimum or (not inclusive and value == minimum):
+            bound = f"at least {minimum}" if inclusive else f"more than {minimum}"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    return parse
 
 
 def _data_dir(parser: argparse.ArgumentParser) -> None:

@@ -94,6 +94,26 @@ def test_help_answers() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("--interval=-1", "-1 must be at least 0"),
+        ("--scale=0", "0 must be at least 1"),
+        ("--duration=0", "0 must be more than 0"),
+        ("--scale=x", "'x' is not a whole number"),
+    ],
+)
+def test_impossible_options_are_refused_before_anything_starts(
+    tmp_path: Path, option: str, said: str
+) -> None:
+    data = tmp_path / "data"
+    done = _run(*STACK, "run", "--data-dir", str(data), option)
+    assert done.returncode == 2
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not data.exists()
+
+
 def test_a_running_stack_holds_its_data_dir_and_answers_queries(tmp_path: Path) -> None:
     data = tmp_path / "data"
     running = subprocess.Popen(
