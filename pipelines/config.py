@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -100,12 +101,27 @@ class MqttSettings(_Section):
 
 
 class InfluxSettings(_Section):
-    url: str = "http://127.0.0.1:8086"
+    url: str = Field(
+        default="http://127.0.0.1:8086", description="http:// or https://, host and port"
+    )
     database: str = Field(default="ecotel", min_length=1)
     create_database: bool = True
     username: str | None = None
     password: str | None = None
     timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        # Unchecked, a typo only showed as "waiting for InfluxDB" for ever.
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http:// or https:// address with a host")
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise ValueError("its port is not a number") from None
+        return url
 
     @property
     def credentials(self) -> tuple[str, str] | None:

@@ -114,3 +114,29 @@ def test_the_gateway_command_reports_a_bad_file_and_exits_2(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "broker.port" in done.stderr
     assert str(path) in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("ftp//x", "not an http:// or https:// address with a host"),
+        ("127.0.0.1:8086", "not an http:// or https:// address with a host"),
+        ("http://influx:80x6", "its port is not a number"),
+    ],
+)
+def test_an_influx_url_that_cannot_work_is_named_at_start(
+    tmp_path: Path, url: str, said: str
+) -> None:
+    path = tmp_path / "ingest.toml"
+    path.write_text(f'[influx]\nurl = "{url}"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_ingest_config(path)
+    assert str(path) in str(caught.value)
+    assert f"influx.url: Value error, {said}" in str(caught.value)
+
+
+def test_an_influx_url_of_http_or_https_with_a_host_loads(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.toml"
+    for url in ("http://127.0.0.1:8086", "https://influx.example:8086/", "http://[::1]:8086"):
+        path.write_text(f'[influx]\nurl = "{url}"\n', encoding="utf-8")
+        assert load_ingest_config(path).influx.url == url
