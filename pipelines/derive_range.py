@@ -102,8 +102,10 @@ async def recompute_range(
     while chunk_start < end:
         chunk_end = min(end, chunk_start + _CHUNK)
         for kind, measurement in SOURCE_KINDS.items():
-            lines = await _reading_lines(settings, windows, kind, chunk_start, chunk_end, sites)
-            # Delete first, so that a field a fixed rule no longer writes does not linger.
+            # Delete first, so that a field a fixed rule no longer writes does not linger; and
+            # before reading the raw readings, so that a point the running ingest derives
+            # meanwhile is either kept (written after the delete) or rewritten here (its
+            # reading, written in the same request, is read after the delete).
             targets: list[str | None] = list(sites) if sites is not None else [None]
             for site in targets:
                 where = f"time >= {rfc3339(chunk_start)} AND time < {rfc3339(chunk_end)}"
@@ -112,6 +114,7 @@ async def recompute_range(
                 await query_influx(
                     windows.influx, f"DELETE FROM {ident(measurement)} WHERE {where}"
                 )
+            lines = await _reading_lines(settings, windows, kind, chunk_start, chunk_end, sites)
             await write_and_wait(writer, lines)
             report.readings += len(lines)
         report.chunks_done += 1
