@@ -141,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl_sub = dl.add_subparsers(dest="action", required=True)
     ls = dl_sub.add_parser("list", help="one line per dead letter")
     ls.add_argument("--reason", help="only this reason code")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=_count(1), default=50, help="at most this many (default 50)")
+    ls.add_argument(
+        "--after",
+        type=_count(0),
+        default=0,
+        metavar="ID",
+        help="those after this id (the next page: the last id shown)",
+    )
     show = dl_sub.add_parser("show", help="everything kept of one dead letter")
     show.add_argument("id", type=int)
     dl_sub.add_parser("counts", help="dead letters per reason")
@@ -431,14 +438,7 @@ async def _dead_letters(settings: IngestSettings, args: argparse.Namespace) -> i
             for reason, count in counts.items():
                 print(f"{count:8d}  {reason}")
         elif args.action == "list":
-            letters = await store.list(reason=args.reason, limit=args.limit)
-            if not letters:
-                print(f"no dead letters in {path}")
-            for letter in letters:
-                print(
-                    f"{letter.id:6d}  {letter.received_at:%Y-%m-%d %H:%M:%S}  "
-                    f"{letter.reason:<16} {letter.topic}  {letter.detail[:100]}"
-                )
+            await _list(store, args)
         else:
             found = await store.get(args.id)
             if found is None:
@@ -446,6 +446,35 @@ async def _dead_letters(settings: IngestSettings, args: argparse.Namespace) -> i
                 return 1
             print(json.dumps(_as_json(found), indent=2, ensure_ascii=False))
     return 0
+
+
+async def _list(store: DeadLetterStore, args: argparse.Namespace) -> None:
+    """Oldest first, one line each; says what was left out and how to see it."""
+    letters = await store.list(reason=args.reason, limit=args.limit, after_id=args.after)
+    for letter in letters:
+        print(
+            f"{letter.id:6d}  {letter.received_at:%Y-%m-%d %H:%M:%S}  "
+            f"{letter.reason:<16} {letter.topic}  {letter.detail[:100]}"
+        )
+    counts = await store.counts()
+    if letters:
+        rest = len(await store.list(reason=args.reason, limit=1, after_id=letters[-1].id))
+        if rest:
+            # On stderr: `list | wc -l` still counts letters.
+            print(
+                f"(more after id {letters[-1].id}: --after {letters[-1].id} for the next "
+                f"{args.limit}; per reason: dead-letters counts)",
+                file=sys.stderr,
+            )
+    elif not counts:
+        print(f"no dead letters in {store.path}")
+    elif args.reason is not None and args.reason not in counts:
+        print(
+            f"no dead letters of reason {args.reason!r} in {store.path}; its reasons: "
+            f"{', '.join(counts)}"
+        )
+    else:
+        print(f"no dead letters after id {args.after} in {store.path}")
 
 
 async def _replay(settings: IngestSettings, args: argparse.Namespace) -> int:
