@@ -209,6 +209,28 @@ def test_trim_by_time_and_topic(tmp_path: Path) -> None:
     assert head == records[:2]
 
 
+def test_trim_refuses_an_existing_output_and_an_empty_span(tmp_path: Path) -> None:
+    source = str(TRACES / "backlog.trace.gz")
+    out = tmp_path / "cut.trace.gz"
+    out.write_bytes(b"an earlier trace")
+    done = subprocess.run(
+        [*CLI, "trim", source, "-o", str(out)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert f"{out} exists; choose another name" in done.stderr
+    assert out.read_bytes() == b"an earlier trace"
+    empty = tmp_path / "empty.trace.gz"
+    done = subprocess.run(
+        [*CLI, "trim", source, "-o", str(empty), "--from", "+5", "--to", "+2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--to +2 is not after --from +5" in done.stderr
+    assert not empty.exists()
+
+
 @pytest.mark.slow
 async def test_replay_command_sends_the_exact_bytes(tmp_path: Path) -> None:
     source = TRACES / "not_utf8.trace.gz"

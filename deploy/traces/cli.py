@@ -324,16 +324,16 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _trim(args: argparse.Namespace) -> int:
+    if args.out.exists():
+        # Before reading the input, which may be large: trim never adds to or overwrites a trace.
+        raise TraceError(f"{args.out} exists; choose another name for the trimmed trace")
     records, stats = load_trace(args.traces)
     first = records[0].t_us if records else 0
-    kept = list(
-        trim(
-            records,
-            start_us=parse_when(args.start, first) if args.start else None,
-            end_us=parse_when(args.end, first) if args.end else None,
-            topics=args.topic,
-        )
-    )
+    start_us = parse_when(args.start, first) if args.start else None
+    end_us = parse_when(args.end, first) if args.end else None
+    if start_us is not None and end_us is not None and end_us <= start_us:
+        raise TraceError(f"--to {args.end} is not after --from {args.start}: nothing to keep")
+    kept = list(trim(records, start_us=start_us, end_us=end_us, topics=args.topic))
     base = stats.headers[0] if stats.headers else None
     header = TraceHeader(
         broker=base.broker if base else "unknown",
