@@ -163,6 +163,13 @@ async def run_derive(settings: IngestSettings, args: argparse.Namespace) -> int:
         f"({report.incomplete} incomplete) from {args.start.isoformat()} to "
         f"{args.end.isoformat()}"
     )
+    if args.site and not report.readings and not report.windows_total:
+        print(
+            f"ecotel-ingest derive: nothing of {', '.join(map(repr, args.site))} in that range: "
+            "a site is named exactly as in its readings (the site tag; InfluxQL: SHOW TAG "
+            'VALUES WITH KEY = "site"), and its windows need it in [derive]',
+            file=sys.stderr,
+        )
     for line in refused:
         print(f"refused by InfluxDB: {line}", file=sys.stderr)
     return 1 if refused else 0

@@ -324,6 +324,21 @@ async def test_derive_command_recomputes_a_past_range(
         influxdb.url, "SELECT icing_risk, speed_limit_kmh FROM road_safety", database=influx_db
     )
     assert road[0].values[0][1:] == [1.0, 60.0]
+    # A site named as no reading is: said, not a silent "0 points".
+    wrong = _cli(
+        "--config",
+        str(config),
+        "derive",
+        "--from",
+        "2026-01-15T10:00:00+08:00",
+        "--to",
+        "2026-01-15T11:00:00+08:00",
+        "--site",
+        "gonghe dc1",
+    )
+    assert wrong.returncode == 0, wrong.stderr
+    assert "derived 0 per-reading points and 0 windows" in wrong.stdout
+    assert "nothing of 'gonghe dc1' in that range" in wrong.stderr
 
 
 async def test_derive_stops_at_now_rather_than_write_windows_that_have_not_begun(
