@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         from dashboards.push import PushError, push
 
         url, source = grafana_url(args.grafana_url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            print(
+                f"ecotel-dashboards push: {_shown(url)} (from {source}) is not an http:// or "
+                "https:// address with a host, e.g. http://grafana:3000",
+                file=sys.stderr,
+            )
+            return 2
         # A token (service account) from the environment, never on the command line.
         token = os.environ.get("GRAFANA_TOKEN")
         if token:

@@ -229,3 +229,12 @@ def test_refused_credentials_name_the_settings(
     assert "set GRAFANA_TOKEN" in err
     assert "user:password@ in the URL" in err
     assert "glsa_wrong" not in err
+
+
+def test_a_grafana_url_that_is_not_http_is_refused_before_any_request(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["push", "--grafana-url", "notaurl", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "notaurl (from --grafana-url) is not an http:// or https:// address" in err
+    assert "Traceback" not in err
