@@ -1,5 +1,5 @@
 """Deterministic, seeded simulators with believable values for every kind of the device catalog:
-gauges are functions of (seed, device, kind, options, time); energy counters accumulate."""
+gauges are functions of (seed, device, kind, options, time); energy counters are never-falling functions of time, so a restart reads on where the meter got to."""
 
 from collections.abc import Mapping
 from datetime import datetime
