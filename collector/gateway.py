@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import ssl
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from collector.broker_link import (
 from collector.clock import Anchor, ClockGuard, WallClock, read_boot_id
 from collector.config import DeviceSettings, GatewaySettings
 from collector.health import START, read_host_health
-from collector.outbox import Lane, Outbox, OutgoingMessage
+from collector.outbox import DiskFull, Lane, Outbox, OutgoingMessage
 from collector.sources import ReadingSource, open_source
 from devices import Reading
 
@@ -173,6 +174,18 @@ class Gateway:
                         ident.id,
                         self.outbox.pending,
                     )
+            # Every reading taken is accounted for: sent, still kept, or dropped and counted.
+            log.info(
+                "gateway %s stopped: %d readings taken, %d published, %d dropped since start "
+                "(%d in all); %d kept in %s",
+                ident.id,
+                self.stats.polled,
+                self.stats.published,
+                self.stats.dropped,
+                self.outbox.dropped,
+                self.outbox.pending,
+                self.outbox.path,
+            )
         if self._refused is not None:
             raise BrokerRefused(self._refused)
 
@@ -220,9 +233,15 @@ class Gateway:
             if self._taken:
                 taken, self._taken = self._taken, []
                 monos, self._taken_mono = self._taken_mono, []
-                dropped = await self.outbox.add(taken, monos)
-                if dropped:
-                    self._report_drop(dropped)
+                try:
+                    dropped = await self.outbox.add(taken, monos)
+                except DiskFull as full:
+                    # Not fatal: the publisher deletes what the broker acknowledges, and
+                    # a later group fits again. Stopping would lose every poll meanwhile.
+                    await self._report_drop(full.dropped, full)
+                else:
+                    if dropped:
+                        await self._report_drop(dropped)
                 self._committed.set()
             if last:
                 self._all_committed.set()
@@ -232,13 +251,25 @@ class Gateway:
                 async with asyncio.timeout(interval):
                     await self._polling_done.wait()
 
-    def _report_drop(self, dropped: int) -> None:
+    async def _report_drop(self, dropped: int, full: DiskFull | None = None) -> None:
         self.stats.dropped += dropped
         now = time.monotonic()
         if now - self._last_drop_log >= 10.0:
             # Once per 10 s at most: a full outbox drops on every commit.
             self._last_drop_log = now
             ident = self.settings.gateway
+            if full is not None:
+                log.error(
+                    "gateway %s: no room on disk for %s (%s; %s): %d readings dropped since "
+                    "start, %d in all; still running, sending the backlog frees room",
+                    ident.id,
+                    self.outbox.path,
+                    full.cause,
+                    await self._free_space(),
+                    self.stats.dropped,
+                    self.outbox.dropped,
+                )
+                return
             log.error(
                 "gateway %s: outbox at its budget of %g MB, policy %s: %d readings dropped "
                 "since start, %d in all",
@@ -249,6 +280,14 @@ class Gateway:
                 self.outbox.dropped,
             )
 
+    async def _free_space(self) -> str:
+        where = self.settings.gateway.state_dir
+        try:
+            usage = await asyncio.to_thread(shutil.disk_usage, where)
+        except OSError as exc:
+            return f"free space of {where} unknown: {exc}"
+        return f"{usage.free / 1e6:.1f} MB free on {where}"
+
     async def _publish_until_stopped(self) -> None:
         broker = self.settings.broker
         delay = 0.5
@@ -258,7 +297,15 @@ class Gateway:
                     self.stats.connected = True
                     if not self._settings_proven:
                         self._settings_proven = True
-                        await self.outbox.remember("broker_settings_ok", self._fingerprint)
+                        try:
+                            await self.outbox.remember("broker_settings_ok", self._fingerprint)
+                        except DiskFull as full:
+                            # Only the next start's exit 78 depends on it: written next time.
+                            log.warning(
+                                "gateway %s: cannot record that these broker settings work: %s",
+                                self.settings.gateway.id,
+                                full,
+                            )
                     delay = 0.5
                     await self._announce(client, "online", "connected")
                     self.outbox.mark_live()
@@ -277,6 +324,20 @@ class Gateway:
                         await asyncio.gather(health, return_exceptions=True)
                     await self._announce(client, "offline", "shutdown")
                     return
+            except DiskFull as full:
+                # Reserving or acknowledging a message found no room. What is in flight
+                # goes again from the outbox after a reconnect (a repeated seq, no loss).
+                self.stats.connected = False
+                log.error(
+                    "gateway %s: no room on disk to send from %s (%s; %s); retrying in %.1f s",
+                    self.settings.gateway.id,
+                    self.outbox.path,
+                    full.cause,
+                    await self._free_space(),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, broker.reconnect_max_s)
             except aiomqtt.MqttError as exc:
                 self.stats.connected = False
                 self.stats.reconnects += 1
@@ -311,7 +372,12 @@ class Gateway:
             self.clock.check()
             if self.clock.trusted and self.outbox.held:
                 wall, mono = self._wall.read()
-                corrected = await self.outbox.correct_held(Anchor(wall, mono))
+                try:
+                    corrected = await self.outbox.correct_held(Anchor(wall, mono))
+                except DiskFull as full:
+                    # Corrected bodies are longer; they stay held and are tried again.
+                    log.warning("gateway %s: %s", self.settings.gateway.id, full)
+                    corrected = 0
                 if corrected:
                     log.info(
                         "gateway %s: %d readings taken before the clock was set got their "

@@ -10,18 +10,23 @@ payload in the same transaction that reserves the number, so after a crash it
 is sent again byte for byte: the ingest sees a repeated ``seq`` (counted as a
 duplicate) and InfluxDB the same points (no duplicate data). Several messages
 may be in flight at once; each is its own row until its PUBACK.
+
+A write that finds the disk full (SQLITE_FULL) raises ``DiskFull`` instead of
+SQLite's error: readings that could not be committed are counted as dropped,
+and the gateway carries on, since only publishing (which deletes) frees space.
 """
 
 import asyncio
 import json
 import logging
+import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from collector.clock import Anchor
 from collector.durable_sqlite import DurableSqlite
@@ -32,6 +37,10 @@ log = logging.getLogger("ecotel.gateway.outbox")
 
 Lane = Literal["live", "backlog"]
 FullPolicy = Literal["drop_oldest", "drop_newest"]
+
+MAX_PAGES_ENV = "ECOTEL_TEST_OUTBOX_MAX_PAGES"
+"""Test only: SQLite's ``max_page_count`` for the outbox, a disk that fills without root.
+A real station never sets it."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -52,6 +61,24 @@ CREATE TABLE IF NOT EXISTS inflight (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+class DiskFull(Exception):
+    """No room on the disk for an outbox write (SQLITE_FULL); nothing of it was committed."""
+
+    def __init__(self, path: Path, cause: sqlite3.OperationalError, dropped: int = 0) -> None:
+        super().__init__(f"{path}: {cause}")
+        self.path = path
+        self.cause = cause
+        self.dropped = dropped
+        """Readings that were not committed and are counted as dropped (``Outbox.add``)."""
+
+
+def _is_full(exc: BaseException) -> TypeGuard[sqlite3.OperationalError]:
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +122,9 @@ class Outbox(DurableSqlite):
         # Lane sizes kept in memory: counting a days-long backlog per message would not scale.
         self._live = self._backlog = 0
         self.dropped = 0
+        # Drops not yet in meta.dropped: those of a full disk are counted in memory and
+        # written with the next transaction that commits.
+        self._dropped_saved = 0
         # Messages reserved and not yet acknowledged, by seq: the next reservation
         # of a lane starts after the newest of them.
         self._sending: dict[int, OutgoingMessage] = {}
@@ -106,14 +136,23 @@ class Outbox(DurableSqlite):
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
         async with self._lock:
+            dropped = self.dropped
             try:
+                if dropped != self._dropped_saved:
+                    await self._save_dropped(dropped)
                 yield
-            except BaseException:
+                # A full disk can fail the commit itself (the WAL grows then): rolled back too.
+                await self.db.commit()
+                self._dropped_saved = max(self._dropped_saved, dropped)
+            except BaseException as exc:
                 await self.db.rollback()
+                if _is_full(exc):
+                    raise DiskFull(self.path, exc) from exc
                 raise
-            await self.db.commit()
 
     async def opened(self) -> None:
+        if pages := os.environ.get(MAX_PAGES_ENV):
+            await self.db.execute(f"PRAGMA max_page_count = {int(pages)}")
         async with self.db.execute("PRAGMA table_info(readings)") as cur:
             columns = {row[1] async for row in cur}
         # An outbox written before clock sanity existed; column by column, as each ALTER
@@ -158,7 +197,7 @@ class Outbox(DurableSqlite):
             (await self._one("SELECT max(id) FROM readings"))[0] or 0
         )
         self._live, self._backlog = 0, self._count - self.held
-        self.dropped = await self._meta("dropped") or 0
+        self.dropped = self._dropped_saved = await self._meta("dropped") or 0
         # Never below a number already in flight, whatever wrote the file.
         top = (await self._one("SELECT max(seq) FROM inflight"))[0]
         self._next_seq = max(await self._meta("next_seq") or 0, 0 if top is None else int(top) + 1)
@@ -179,10 +218,11 @@ class Outbox(DurableSqlite):
         self._live = 0
 
     async def add(self, readings: list[Reading], mono: list[float | None] | None = None) -> int:
-        """Commit readings (one transaction); returns how many the full-disk policy dropped.
+        """Commit readings (one transaction); returns how many the full-budget policy dropped.
 
         ``mono[i]``, when given, is the monotonic time of a reading taken while the
-        wall clock was untrusted: it is held until ``correct_held``.
+        wall clock was untrusted: it is held until ``correct_held``. On a full disk
+        none is committed: they are counted as dropped and ``DiskFull`` says how many.
         """
         if not readings:
             return 0
@@ -199,27 +239,50 @@ class Outbox(DurableSqlite):
         ]
         held = sum(1 for m in monos if m is not None)
         incoming = sum(len(row[1]) for row in rows)
-        async with self._transaction():
-            if self._bytes + incoming > self.max_bytes:
-                if self.policy == "drop_newest":
-                    await self._count_dropped(len(rows))
-                    return len(rows)
-                dropped = await self._drop_oldest(self._bytes + incoming - self.max_bytes)
-            else:
-                dropped = 0
-            cursor = await self.db.executemany(
-                "INSERT INTO readings (taken_at, body, held, boot, mono) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-            await cursor.close()
-            await self._store_counts(self._count + len(rows), self._bytes + incoming)
-            row = await self._one("SELECT max(id) FROM readings")
+        gone = _Dropped([], [], 0)
+        refused = self._bytes + incoming > self.max_bytes and self.policy == "drop_newest"
+        try:
+            async with self._transaction():
+                if refused:
+                    await self._save_dropped(self.dropped + len(rows))
+                else:
+                    if self._bytes + incoming > self.max_bytes:
+                        gone = await self._drop_oldest(self._bytes + incoming - self.max_bytes)
+                        await self._save_dropped(self.dropped + gone.count)
+                    await self._insert(rows, gone, incoming)
+                row = await self._one("SELECT max(id) FROM readings")
+        except DiskFull as full:
+            # Nothing of this transaction is on disk, the oldest readings it deleted included.
+            self.dropped += len(rows)
+            raise DiskFull(self.path, full.cause, len(rows)) from full.cause
+        if refused:
+            self.dropped += len(rows)
+            self._dropped_saved = self.dropped
+            return len(rows)
+        # In memory only once committed: a rolled-back drop must not change the counts.
+        self._forget(gone.ids)
+        self.held -= len(gone.held)
+        self.dropped += gone.count
+        self._dropped_saved = self.dropped
         self._last_id = int(row[0] or 0)
-        self._count += len(rows)
+        self._count += len(rows) - gone.count
         self._live += len(rows) - held
         self.held += held
-        self._bytes += incoming
-        return dropped
+        self._bytes += incoming - gone.size
+        return gone.count
+
+    async def _insert(
+        self, rows: Sequence[tuple[object, ...]], gone: "_Dropped", size: int
+    ) -> None:
+        """Insert the rows and the counts they make, less what ``gone`` deleted; in a transaction."""
+        cursor = await self.db.executemany(
+            "INSERT INTO readings (taken_at, body, held, boot, mono) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        await cursor.close()
+        await self._store_counts(
+            self._count - gone.count + len(rows), self._bytes - gone.size + size
+        )
 
     async def correct_held(self, anchor: Anchor) -> int:
         """The clock is trusted again: give this boot's held readings their true time and release them."""
@@ -251,11 +314,13 @@ class Outbox(DurableSqlite):
         self.held -= len(updates)
         return len(updates)
 
-    async def _drop_oldest(self, need: int) -> int:
-        """Delete the oldest readings until ``need`` bytes are free; inside a transaction."""
+    async def _drop_oldest(self, need: int) -> "_Dropped":
+        """Delete the oldest readings until ``need`` bytes are free; inside a transaction.
+
+        The counts in memory are the caller's to change, once the transaction commits."""
         # Never the readings of a message in flight: the broker may have them.
         busy = set(await self._inflight_ids())
-        freed = dropped = 0
+        freed = 0
         ids: list[int] = []
         held: list[int] = []
         async with self.db.execute(
@@ -268,22 +333,15 @@ class Outbox(DurableSqlite):
                     continue
                 (held if is_held else ids).append(int(reading_id))
                 freed += int(size)
-                dropped += 1
         await self._delete(ids + held)
-        self._forget(ids)
-        self.held -= len(held)
-        self._bytes -= freed
-        self._count -= dropped
-        await self._count_dropped(dropped)
-        return dropped
+        return _Dropped(ids, held, freed)
 
-    async def _count_dropped(self, n: int) -> None:
-        """Add to the persistent drop count; inside a transaction."""
-        self.dropped += n
+    async def _save_dropped(self, total: int) -> None:
+        """Write the persistent drop count; inside a transaction."""
         await self.db.execute(
             "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
             "ON CONFLICT(key) DO UPDATE SET value = ?",
-            (self.dropped, self.dropped),
+            (total, total),
         )
 
     async def inflight(self) -> OutgoingMessage | None:
@@ -352,30 +410,43 @@ class Outbox(DurableSqlite):
             ),
             default=low,
         )
-        # Few round trips to SQLite's thread per message: under load each one waits to be scheduled.
-        async with self._transaction():
-            rows = list(
-                await self.db.execute_fetchall(
-                    "SELECT id, body FROM readings WHERE id > ? AND id <= ? AND held = 0 "
-                    "ORDER BY id LIMIT ?",
-                    (after, high if high is not None else _MAX_ID, limit),
-                )
-            )
-            if not rows:
-                return None
-            seq = self._next_seq
-            ids = [int(r[0]) for r in rows]
-            bodies: list[str] = [r[1] for r in rows]
-            payload = _payload(gateway, site, seq, sent_at, bodies)
-            await self.db.execute(
-                "INSERT INTO inflight (seq, payload, ids, lane) VALUES (?, ?, ?, ?)",
-                (seq, payload, json.dumps(ids), lane),
-            )
-            await self.db.execute(
-                "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = ?",
-                (seq + 1, seq + 1),
-            )
+        # The payload is a second copy of its readings until the PUBACK: on a full disk a
+        # smaller message may still fit, and each one acknowledged frees room for the next.
+        while True:
+            try:
+                # Few round trips to SQLite's thread per message: under load each
+                # one waits to be scheduled.
+                async with self._transaction():
+                    rows = list(
+                        await self.db.execute_fetchall(
+                            "SELECT id, body FROM readings WHERE id > ? AND id <= ? AND held = 0 "
+                            "ORDER BY id LIMIT ?",
+                            (after, high if high is not None else _MAX_ID, limit),
+                        )
+                    )
+                    if not rows:
+                        return None
+                    seq = self._next_seq
+                    ids = [int(r[0]) for r in rows]
+                    bodies: list[str] = [r[1] for r in rows]
+                    payload = _payload(gateway, site, seq, sent_at, bodies)
+                    await self.db.execute(
+                        "INSERT INTO inflight (seq, payload, ids, lane) VALUES (?, ?, ?, ?)",
+                        (seq, payload, json.dumps(ids), lane),
+                    )
+                    await self.db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = ?",
+                        (seq + 1, seq + 1),
+                    )
+                break
+            except DiskFull:
+                if limit > 1:
+                    limit //= 2
+                    continue
+                if self._sending:
+                    return None  # what is in flight frees room when it is acknowledged
+                raise
         self._next_seq = seq + 1
         message = OutgoingMessage(seq, payload, ids, lane, sum(len(b) for b in bodies))
         self._sending[seq] = message
@@ -442,6 +513,19 @@ class Outbox(DurableSqlite):
 
 
 _MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class _Dropped:
+    """Readings deleted by ``drop_oldest`` in a transaction not yet committed."""
+
+    ids: list[int]
+    held: list[int]
+    size: int
+
+    @property
+    def count(self) -> int:
+        return len(self.ids) + len(self.held)
 
 
 def _payload(gateway: str, site: str, seq: int, sent_at: datetime, bodies: list[str]) -> bytes:
