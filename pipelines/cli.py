@@ -13,6 +13,7 @@ from pathlib import Path
 
 from collector.broker_link import context_from
 from collector.durable_sqlite import StoreUnusable
+from collector.process_lock import InUse, lock_exclusively
 from collector.settings_loader import ConfigError, build_settings
 from collector.stdout_pipe import reader_left
 from pipelines.config import (
@@ -32,11 +33,11 @@ from pipelines.derive_cli import (
 )
 from pipelines.group_sessions import (
     forget_session,
-    plain_session_recorded,
     record_sessions,
     refusal,
-    retirable,
+    session_lock_path,
     stranded_sessions,
+    to_retire,
 )
 from pipelines.influx_writer import InfluxError
 from pipelines.mqtt_consumer import MqttRefused
@@ -228,35 +229,17 @@ def main(argv: list[str] | None = None) -> int:
         if logging.getLogger().level > logging.DEBUG:
             # httpx logs every request at INFO: a line per batch written buries the ingest's own.
             logging.getLogger("httpx").setLevel(logging.WARNING)
-        refused: MqttRefused | None = None
-        unusable: StoreUnusable | OSError | None = None
-        service = IngestService(settings, retire=args.retire)
         try:
-            asyncio.run(_run(service, watch_parent=args.worker is not None))
-        except* MqttRefused as group:
-            first = group.exceptions[0]
-            assert isinstance(first, MqttRefused)
-            refused = first
-        except* (StoreUnusable, ApiUnavailable) as group:
-            first_error = group.exceptions[0]
-            assert isinstance(first_error, StoreUnusable | ApiUnavailable)
-            unusable = first_error
-        if unusable is not None:
-            # Exit (a supervisor or systemd restarts it): never hang on a file it cannot use,
-            # nor run without the API its settings ask for.
-            where = f"{source}: " if isinstance(unusable, ApiUnavailable) else ""
-            print(f"ecotel-ingest: {where}{unusable}", file=sys.stderr)
-            return 1
-        if refused is not None:
-            print(
-                f"ecotel-ingest: {source}: {refused.setting(settings.mqtt.username)}",
-                file=sys.stderr,
+            # One process per MQTT session: two on one session take it from each other, and
+            # a retirement would discard a session still in use (its later share lost).
+            session_lock = lock_exclusively(
+                session_lock_path(settings), f"MQTT session {settings.mqtt.session_id}"
             )
-            # EX_CONFIG, as the gateway: a unit's RestartPreventExitStatus stops the loop.
-            return 78
-        if args.retire:
-            return _retired(settings, service)
-        return 0
+        except InUse as exc:
+            print(f"ecotel-ingest: {exc}", file=sys.stderr)
+            return 2
+        with session_lock:
+            return _run_one(settings, args, source)
     try:
         if args.command == "derive":
             return asyncio.run(run_derive(settings, args))
@@ -268,6 +251,39 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _run_one(settings: IngestSettings, args: argparse.Namespace, source: str) -> int:
+    """One ingest process (a worker, a single ingest, or a retiring session) until it stops."""
+    refused: MqttRefused | None = None
+    unusable: StoreUnusable | OSError | None = None
+    service = IngestService(settings, retire=args.retire)
+    try:
+        asyncio.run(_run(service, watch_parent=args.worker is not None))
+    except* MqttRefused as group:
+        first = group.exceptions[0]
+        assert isinstance(first, MqttRefused)
+        refused = first
+    except* (StoreUnusable, ApiUnavailable) as group:
+        first_error = group.exceptions[0]
+        assert isinstance(first_error, StoreUnusable | ApiUnavailable)
+        unusable = first_error
+    if unusable is not None:
+        # Exit (a supervisor or systemd restarts it): never hang on a file it cannot use,
+        # nor run without the API its settings ask for.
+        where = f"{source}: " if isinstance(unusable, ApiUnavailable) else ""
+        print(f"ecotel-ingest: {where}{unusable}", file=sys.stderr)
+        return 1
+    if refused is not None:
+        print(
+            f"ecotel-ingest: {source}: {refused.setting(settings.mqtt.username)}",
+            file=sys.stderr,
+        )
+        # EX_CONFIG, as the gateway: a unit's RestartPreventExitStatus stops the loop.
+        return 78
+    if args.retire:
+        return _retired(settings, service)
+    return 0
+
+
 def _retired(settings: IngestSettings, service: IngestService) -> int:
     """Forget a worker whose session is retired: 0; 75 (EX_TEMPFAIL) if it stopped before."""
     if not service.retired:
@@ -277,7 +293,7 @@ def _retired(settings: IngestSettings, service: IngestService) -> int:
         )
         return 75
     try:
-        forget_session(settings, settings.mqtt.session_id, plain=settings.mqtt.worker is None)
+        forget_session(settings, settings.mqtt.session_id, gone=service.found_gone is True)
     except ValueError as exc:  # the record was damaged meanwhile: the session is gone anyway
         print(f"ecotel-ingest: session retired, but {exc}", file=sys.stderr)
         return 2
@@ -307,18 +323,16 @@ def _supervise(settings: IngestSettings, args: argparse.Namespace) -> int:
         return 2
     sessions = [for_worker(settings, number).mqtt.session_id for number in range(args.workers)]
     try:
-        stranded = stranded_sessions(settings, sessions)
+        # Workers it had and no longer runs, and a single ingest of this client id before (its
+        # session gets a copy of every message), are retired; another client id's it cannot.
+        retiring, others = to_retire(settings, sessions)
     except ValueError as exc:
         print(f"ecotel-ingest: {exc}", file=sys.stderr)
         return 2
-    # Workers it had and no longer runs are retired; another client id's sessions it cannot.
-    numbers, others = retirable(settings, stranded)
     if others:
         print(f"ecotel-ingest: {refusal(settings, others, sessions)}", file=sys.stderr)
         return 2
     record_sessions(settings, sessions)
-    # A single ingest of this client id before: its session gets a copy of every message.
-    retiring: list[int | None] = [*numbers, *([None] if plain_session_recorded(settings) else [])]
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     # Workers read the same file and inherit the environment, so
     # ECOTEL_INGEST_* overrides reach them too.

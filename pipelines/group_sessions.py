@@ -12,6 +12,7 @@ retire (another client id's) stops it from starting.
 
 import json
 import os
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -24,6 +25,12 @@ class GroupSessions(BaseModel):
     """Per broker and shared group, the client ids of the sessions it has had."""
 
     groups: dict[str, list[str]] = {}
+    retired: dict[str, list[str]] = {}
+    """Per group, sessions retired and not yet found gone: a broker that crashes before its
+    next save restores a session as it was, so each supervisor start checks them again."""
+    subscribed: dict[str, list[str]] = {}
+    """Per group, sessions that have subscribed to it at the broker: a session may leave the
+    group's topics only once another holds them, or messages would meet no subscriber."""
 
 
 def record_path(settings: IngestSettings) -> Path:
@@ -39,11 +46,22 @@ def group_key(settings: IngestSettings, *, plain: bool = False) -> str:
     return f"{mqtt.host}:{mqtt.port} {group}"
 
 
-def plain_session_recorded(settings: IngestSettings) -> bool:
-    """Whether a single ingest with this client id ran on this broker: its session gets a copy
-    of every message while the group runs, until it is retired."""
+def session_lock_path(settings: IngestSettings) -> Path:
+    """The lock a process holds while it uses its MQTT session (to run or to retire it)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", settings.mqtt.session_id)
+    return record_path(settings).with_name(f"mqtt-session-{name}.lock")
+
+
+def to_retire(settings: IngestSettings, sessions: list[str]) -> tuple[list[int | None], list[str]]:
+    """What a supervisor running ``sessions`` retires: the numbers of this client id's workers
+    it no longer runs or retired before (None: the session of a single ingest of this client
+    id); and the recorded sessions it cannot (another client id's)."""
     record = _load(record_path(settings))
-    return settings.mqtt.client_id in record.groups.get(group_key(settings, plain=True), [])
+    key, client_id = group_key(settings), settings.mqtt.client_id
+    names = {*record.groups.get(key, []), *record.retired.get(key, [])}
+    if client_id in record.groups.get(group_key(settings, plain=True), []):
+        names.add(client_id)
+    return retirable(settings, sorted(names - set(sessions)))
 
 
 def stranded_sessions(settings: IngestSettings, sessions: list[str]) -> list[str]:
@@ -65,45 +83,86 @@ def record_sessions(settings: IngestSettings, sessions: list[str]) -> None:
         record = _load(path)
         known = record.groups.get(key, [])
         record.groups[key] = sorted(set(known) | set(sessions))
+        # Run again (the group grew back): no longer retired.
+        _drop(record.retired, key, set(sessions))
         _save(path, record)
 
 
-def forget_session(settings: IngestSettings, session: str, *, plain: bool = False) -> None:
-    """``session`` was retired: the group (or, ``plain``, the single ingests) no longer has it."""
+def forget_session(settings: IngestSettings, session: str, *, gone: bool) -> None:
+    """``session`` was retired: the group no longer has it. Unless the broker had no session
+    for it already (``gone``), it is kept as retired, to be checked at the next start."""
     path = record_path(settings)
-    key = group_key(settings, plain=plain)
+    key = group_key(settings)
     with taking_turns(path.with_name(f"{path.name}.lock")):
         record = _load(path)
-        record.groups[key] = [s for s in record.groups.get(key, []) if s != session]
-        if not record.groups[key]:
-            del record.groups[key]
+        for where in (key, group_key(settings, plain=True)):
+            _drop(record.groups, where, {session})
+        _drop(record.subscribed, key, {session})
+        if gone:
+            _drop(record.retired, key, {session})
+        else:
+            record.retired[key] = sorted({*record.retired.get(key, []), session})
         _save(path, record)
 
 
-def retirable(settings: IngestSettings, stranded: list[str]) -> tuple[list[int], list[str]]:
-    """Of ``stranded``: the worker numbers of this client id (a supervisor can retire them),
-    and the sessions it cannot (another client id's, or not a worker's)."""
-    prefix = f"{settings.mqtt.client_id}-"
+def note_subscribed(settings: IngestSettings) -> None:
+    """This worker's session has subscribed to its group at the broker."""
+    path = record_path(settings)
+    key, session = group_key(settings), settings.mqtt.session_id
+    if session in _load(path).subscribed.get(key, []):
+        return
+    with taking_turns(path.with_name(f"{path.name}.lock")):
+        record = _load(path)
+        record.subscribed[key] = sorted({*record.subscribed.get(key, []), session})
+        _save(path, record)
+
+
+def group_has_subscriber(settings: IngestSettings) -> bool:
+    """Whether a session of the group other than this one has subscribed to it (and is not
+    being retired): the broker then keeps every message for the group."""
+    record = _load(record_path(settings))
+    key = group_key(settings)
+    members = set(record.groups.get(key, [])) - {settings.mqtt.session_id}
+    return bool(members & set(record.subscribed.get(key, [])))
+
+
+def _drop(lists: dict[str, list[str]], key: str, names: set[str]) -> None:
+    kept = [name for name in lists.get(key, []) if name not in names]
+    if kept:
+        lists[key] = kept
+    else:
+        lists.pop(key, None)
+
+
+def retirable(settings: IngestSettings, stranded: list[str]) -> tuple[list[int | None], list[str]]:
+    """Of ``stranded``: the worker numbers of this client id, and None for the client id itself
+    (a single ingest's session), which a supervisor can retire; and the sessions it cannot
+    (another client id's)."""
+    client_id = settings.mqtt.client_id
+    prefix = f"{client_id}-"
     numbers: list[int] = []
     others: list[str] = []
+    single = False
     for name in stranded:
         number = name.removeprefix(prefix)
-        if name.startswith(prefix) and number.isdigit() and str(int(number)) == number:
+        if name == client_id:
+            single = True
+        elif name.startswith(prefix) and number.isdigit() and str(int(number)) == number:
             numbers.append(int(number))
         else:
             others.append(name)
-    return sorted(numbers), others
+    return [*sorted(numbers), *([None] if single else [])], others
 
 
 def refusal(settings: IngestSettings, stranded: list[str], sessions: list[str]) -> str:
     """Why the group will not start without ``stranded``, and what to do instead."""
     mqtt = settings.mqtt
-    numbers, others = retirable(settings, stranded)
-    numbers += retirable(settings, sessions)[0]
+    found, others = retirable(settings, [*stranded, *sessions])
+    numbers = [number for number in found if number is not None]
     how = '(docs/ingest.md, "Changing the number of workers")'
     if not others:
         advice = (
-            f"Run --workers {max(numbers) + 1} (its supervisor retires the workers it no longer "
+            f"Run --workers {max(numbers, default=0) + 1} (its supervisor retires the workers it no longer "
             "runs: their queue taken, their session discarded), or retire each first with "
             f"`ecotel-ingest run --worker K --retire` {how}"
         )

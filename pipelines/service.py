@@ -24,6 +24,7 @@ from pipelines.decode import (
     decode_readings,
 )
 from pipelines.derive_stream import Deriver
+from pipelines.group_sessions import group_has_subscriber, note_subscribed
 from pipelines.influx_writer import Chunk, InfluxError, InfluxWriter, Point, no_op
 from pipelines.line_protocol import (
     HEALTH_MEASUREMENT,
@@ -45,7 +46,10 @@ log = logging.getLogger("ecotel.ingest")
 
 RETIRE_TOPIC = "ecotel-ingest/retire"
 """A retiring worker's marker goes to <this>/<its client id> (outside the gateways' topics)."""
-# A queue of millions of messages takes minutes; the warning says only what may be wrong.
+_MARKER_PREFIX = f"{RETIRE_TOPIC}/"
+_GROUP_POLL_S = 0.5
+_GROUP_WAIT_LOG_S = 5.0
+# A queue of millions of messages takes minutes: only then is a missing marker worth a word.
 _MARKER_WARN_S = 300.0
 
 
@@ -73,8 +77,14 @@ class IngestService:
         # Retiring: take what the broker queued for this worker's session, then discard the
         # session (a group run with fewer workers than it had; docs/ingest.md).
         self._retire = retire
-        self._retire_token = ""
+        self._marker_topic = f"{RETIRE_TOPIC}/{settings.mqtt.session_id}"
+        self._marker_tokens: set[str] = set()
+        self._reminder: asyncio.Task[None] | None = None
         self._drained = False
+        # This worker's subscription to its group is in the sessions' record.
+        self._noted = False
+        self.found_gone: bool | None = None
+        """Retiring: whether the broker had no session at the first connect (None: not known)."""
         self.retired = False
         """Set once retiring is finished: queue taken, spool written, session discarded."""
         self.stats = IngestStats()
@@ -147,7 +157,8 @@ class IngestService:
             helpers = []
             if self.ledger is not None:
                 helpers.append(tasks.create_task(self.ledger.run()))
-            if self.settings.api.enabled:
+            # A retiring session's process has no API: its port is a worker's.
+            if self.settings.api.enabled and not self._retire:
                 # Imported here: FastAPI and uvicorn load only when the API is on.
                 from pipelines.api_server import serve_api
 
@@ -215,13 +226,18 @@ class IngestService:
                         on_backlog=self._writer.flush_soon,
                     )
                     if self._retire:
-                        barrier = await self._start_retiring(session)
+                        await self._start_retiring(session)
                     else:
-                        barrier = None
                         # Subscribe on every connect: a consumer that reconnects
                         # but does not resubscribe is the commonest bug of the field.
                         for topic in mqtt.subscriptions:
                             await session.subscribe(topic, wire.QOS)
+                        # Left by a retirement stopped before its end: its markers stop.
+                        await session.unsubscribe(self._marker_topic)
+                        if mqtt.shared_group is not None and not self._noted:
+                            # A session retiring from the group waits for one such as this.
+                            await asyncio.to_thread(note_subscribed, self.settings)
+                            self._noted = True
                     self.connected.set()
                     proven = True
                     delay = 0.5
@@ -231,9 +247,9 @@ class IngestService:
                     while messages := await session.next_batch():
                         # All that one socket read brought, in one wakeup.
                         for topic, payload, mid, qos in messages:
-                            if topic == barrier:
+                            if topic.startswith(_MARKER_PREFIX):
                                 acks.ticket(mid, qos)()
-                                self._reached(session, payload)
+                                self._marker(session, topic, payload)
                                 continue
                             await self.handle(topic, payload, acks.ticket(mid, qos))
                         if acks.unacked >= mqtt.max_unacked_messages:
@@ -274,6 +290,8 @@ class IngestService:
                 delay = min(delay * 2, 30.0)
             finally:
                 self._session = None
+                if self._reminder is not None:
+                    self._reminder.cancel()
 
     async def _mqtt_session(self, *, clean: bool = False) -> MqttSession:
         """A link for this worker's client id, with the configured credentials and TLS."""
@@ -291,47 +309,72 @@ class IngestService:
             clean=clean,
         )
 
-    async def _start_retiring(self, session: MqttSession) -> str:
-        """Leave the group, then queue a marker behind what the broker holds for the session;
-        the marker's topic. Once it arrives, everything queued before it has been received."""
+    async def _start_retiring(self, session: MqttSession) -> None:
+        """Leave the group, then queue a marker behind what the broker holds for the session.
+        Once this run's marker comes back, everything queued before it has been received."""
         mqtt = self.settings.mqtt
+        if self.found_gone is None:
+            # No session at the first connect: it had gone already (checked after a retirement,
+            # in case the broker restored it from a save older than that).
+            self.found_gone = not session.session_present
+        waited = 0.0
+        while not await asyncio.to_thread(group_has_subscriber, self.settings):
+            # The group's first start: until one of its workers has subscribed, a message
+            # published after this session left would meet no subscriber and be lost.
+            if waited == _GROUP_WAIT_LOG_S:
+                log.info(
+                    "ingest: retiring session %s waits for a worker of group %s to subscribe",
+                    mqtt.session_id,
+                    mqtt.shared_group,
+                )
+            await asyncio.sleep(_GROUP_POLL_S)
+            waited += _GROUP_POLL_S
         # Both forms: a worker's session has the shared filters, a single ingest's the plain
         # ones. From now on the broker queues nothing more for this session.
         for topic in dict.fromkeys([*mqtt.subscriptions, *mqtt.topics]):
             await session.unsubscribe(topic)
-        barrier = f"{RETIRE_TOPIC}/{mqtt.session_id}"
-        await session.subscribe(barrier, wire.QOS)
-        self._retire_token = token = uuid.uuid4().hex
-        await session.publish(barrier, token.encode())
-        # A broker whose ACL drops the marker answers as if it had taken it: say so, once.
-        asyncio.get_running_loop().call_later(_MARKER_WARN_S, self._marker_late, token, barrier)
+        await session.subscribe(self._marker_topic, wire.QOS)
+        await self._send_marker(session)
+        self._reminder = asyncio.create_task(self._remind(session), name="retire-reminder")
         log.info(
-            "ingest: retiring session %s: unsubscribed, so that group %s has every message; "
-            "taking what the broker queued for it (%d messages so far), then discarding it",
+            "ingest: retiring session %s: unsubscribed, so that group %s gets every message; "
+            "taking what the broker queued for it, then discarding it",
             mqtt.session_id,
             mqtt.shared_group,
-            self.stats.messages,
         )
-        return barrier
 
-    def _marker_late(self, token: str, barrier: str) -> None:
-        if not self._drained and token == self._retire_token and not self._stopping.is_set():
+    async def _send_marker(self, session: MqttSession) -> None:
+        token = uuid.uuid4().hex
+        self._marker_tokens.add(token)
+        await session.publish(self._marker_topic, token.encode())
+
+    async def _remind(self, session: MqttSession) -> None:
+        """While the marker does not come back: say so, and send another (a full queue or a
+        broker's ACL may have dropped it, though the broker acknowledged it)."""
+        while True:
+            await asyncio.sleep(_MARKER_WARN_S)
             log.warning(
-                "ingest: retiring: the marker on %s has not come back after %.0f s (%d messages "
-                "taken); if the broker has ACLs, allow this user to publish and subscribe to "
-                "%s/#. The session is kept meanwhile: nothing is lost",
-                barrier,
+                "ingest: retiring: no marker back on %s after %.0f s more (%d messages taken); "
+                "sending another. If the broker has ACLs, allow this user to publish and "
+                "subscribe to %s/#. The session is kept meanwhile: nothing is lost",
+                self._marker_topic,
                 _MARKER_WARN_S,
                 self.stats.messages,
                 RETIRE_TOPIC,
             )
+            try:
+                await self._send_marker(session)
+            except MqttLinkError:
+                return  # the next connection sends its own
 
-    def _reached(self, session: MqttSession, payload: bytes) -> None:
-        """A marker arrived: this connection's means the session's queue is empty."""
-        if payload.decode(errors="replace") != self._retire_token:
-            return  # an earlier connection's: more may follow it
-        self._drained = True
-        session.stop_reading()
+    def _marker(self, session: MqttSession, topic: str, payload: bytes) -> None:
+        """A retirement's marker arrived: this run's means the session's queue is empty."""
+        if topic == self._marker_topic and payload.decode(errors="replace") in self._marker_tokens:
+            self._drained = True
+            session.stop_reading()
+            return
+        # An earlier run's (more may follow it), or another session's seen through a filter.
+        log.info("ingest: a retirement marker on %s, not this run's: skipped", topic)
 
     async def _finish_retiring(self) -> None:
         """Write the spool, give up the windows' hold, and discard the session at the broker."""

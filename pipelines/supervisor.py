@@ -21,6 +21,8 @@ def worker_name(number: WorkerId) -> str:
 # EX_CONFIG: a worker refused by the broker for its settings (pipelines/cli.py). Restarting
 # cannot mend it, and every worker shares the settings: stop them all and exit with it.
 EX_CONFIG = 78
+# A refusal at start (exit 2, as argparse's): for a retiring session, final.
+EX_USAGE = 2
 
 
 def describe_exit(returncode: int) -> str:
@@ -132,6 +134,17 @@ class Supervisor:
                 return
             if returncode == 0 and number in self.retiring:
                 log.info("supervisor: %s retired (pid %d)", worker_name(number), proc.pid)
+                return
+            if returncode == EX_USAGE and number in self.retiring:
+                # Its session in use by another process, or its record damaged: retrying
+                # cannot mend that, and the next start tries again.
+                log.error(
+                    "supervisor: %s (pid %d) cannot be retired now (exit %d; its log says why); "
+                    "not restarting it",
+                    worker_name(number),
+                    proc.pid,
+                    returncode,
+                )
                 return
             if returncode == EX_CONFIG:
                 log.error(

@@ -52,11 +52,14 @@ async def _read_until(process: asyncio.subprocess.Process, pattern: str, count: 
     """The process's log up to the ``count``-th line matching ``pattern``."""
     assert process.stderr is not None
     seen = ""
-    async with asyncio.timeout(60):
-        while len(re.findall(pattern, seen)) < count:
-            line = (await process.stderr.readline()).decode()
-            assert line, f"the ingest ended:\n{seen}"
-            seen += line
+    try:
+        async with asyncio.timeout(60):
+            while len(re.findall(pattern, seen)) < count:
+                line = (await process.stderr.readline()).decode()
+                assert line, f"the ingest ended:\n{seen}"
+                seen += line
+    except TimeoutError:
+        raise AssertionError(f"no {pattern!r} within 60 s:\n{seen}") from None
     return seen
 
 
@@ -68,8 +71,9 @@ async def _stop(process: asyncio.subprocess.Process) -> str:
     return rest.decode()
 
 
-async def _publish(port: int, first: int, count: int) -> int:
-    """``count`` messages of one hydrology reading each, numbered from ``first``; readings sent."""
+async def _publish(port: int, first: int, count: int, *, pause_s: float = 0.0) -> int:
+    """``count`` messages of one hydrology reading each, numbered from ``first``, ``pause_s``
+    apart; readings sent."""
     simulator = make_simulator("hydrology", "hydro-1", seed=7)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     sent = 0
@@ -81,6 +85,8 @@ async def _publish(port: int, first: int, count: int) -> int:
             )
             await client.publish(wire.readings_topic(SITE, GATEWAY), message.encode(), qos=wire.QOS)
             sent += len(readings)
+            if pause_s:
+                await asyncio.sleep(pause_s)
     return sent
 
 
@@ -127,23 +133,34 @@ async def test_fewer_workers_retire_the_others_and_lose_nothing(
     config = await _had_three_workers(tmp_path, mosquitto, influxdb, database)
     # Nobody reads: the broker queues each message for one of the three sessions.
     await _publish(mosquitto.port, 0, 60)
+    # And gateways go on publishing while worker 2 retires: what the broker hands its session
+    # after the marker would be lost when the session is discarded, unless it left the group.
+    publishing = asyncio.create_task(_publish(mosquitto.port, 60, 600, pause_s=0.005))
     two = await _supervisor(config, 2)
     log = await _read_until(two, r"supervisor: worker 2 retired")
     assert f"no longer runs: {CLIENT_ID}-2 (" in log
     assert re.search(rf"session {CLIENT_ID}-2 retired: \d+ messages taken", log), log
-    # Each of the 60 readings once: worker 2's share included, no copy.
-    await _wait_stored(influxdb.url, database, 60)
+    assert not publishing.done(), "the retirement must overlap the publishing"
+    await publishing
+    await _wait_stored(influxdb.url, database, 660)
 
     record = json.loads((tmp_path / "state" / "mqtt-sessions.json").read_text())
-    assert record["groups"] == {
-        f"127.0.0.1:{mosquitto.port} {GROUP}": [f"{CLIENT_ID}-0", f"{CLIENT_ID}-1"]
-    }
+    key = f"127.0.0.1:{mosquitto.port} {GROUP}"
+    assert record["groups"] == {key: [f"{CLIENT_ID}-0", f"{CLIENT_ID}-1"]}
+    # Kept as retired until a start finds the broker has no session for it.
+    assert record["retired"] == {key: [f"{CLIENT_ID}-2"]}
     # Later messages all reach the two workers: none is queued for the retired session.
-    await _publish(mosquitto.port, 60, 30)
-    await _wait_stored(influxdb.url, database, 90)
+    await _publish(mosquitto.port, 660, 30)
+    await _wait_stored(influxdb.url, database, 690)
     await _stop(two)
 
-    # The broker kept no session for worker 2.
+    # The next start checks the retired session again, finds it gone and forgets it.
+    again = await _supervisor(config, 2)
+    await _read_until(again, r"supervisor: worker 2 retired")
+    await _stop(again)
+    record = json.loads((tmp_path / "state" / "mqtt-sessions.json").read_text())
+    assert record["retired"] == {}
+    # The broker keeps no session for worker 2.
     async with MqttSession(
         "127.0.0.1", mosquitto.port, f"{CLIENT_ID}-2", keepalive_s=30, clean=False
     ) as session:
@@ -152,11 +169,10 @@ async def test_fewer_workers_retire_the_others_and_lose_nothing(
         "127.0.0.1", mosquitto.port, f"{CLIENT_ID}-2", keepalive_s=30, clean=True
     ):
         pass
-
-    # The group starts again with two, retiring nothing.
-    again = await _supervisor(config, 2)
-    await _read_until(again, rf"ingest connected to .* as {CLIENT_ID}-\d", 2)
-    rest = await _stop(again)
+    # And a start after that retires nothing.
+    third = await _supervisor(config, 2)
+    await _read_until(third, rf"ingest connected to .* as {CLIENT_ID}-\d", 2)
+    rest = await _stop(third)
     assert "retir" not in rest, rest
 
 
@@ -210,3 +226,38 @@ async def test_a_group_retires_the_single_ingest_it_replaces(
         "127.0.0.1", mosquitto.port, CLIENT_ID, keepalive_s=30, clean=False
     ) as session:
         assert not session.session_present
+
+
+async def test_a_session_in_use_is_not_retired_and_a_stale_marker_ends_nothing(
+    tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer
+) -> None:
+    database = "shrink_guarded"
+    config = await _had_three_workers(tmp_path, mosquitto, influxdb, database)
+    running = await _supervisor(config, 3)
+    await _read_until(running, rf"ingest connected to .* as {CLIENT_ID}-\d", 3)
+    # Retiring worker 1 by hand while it runs would discard a session in use.
+    retire = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "pipelines", "--config", str(config), "run"],
+        *["--worker", "1", "--retire"],
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        _, err = await retire.communicate()
+    assert retire.returncode == 2, err.decode()
+    assert f"MQTT session {CLIENT_ID}-1 is in use by another process" in err.decode()
+    await _stop(running)
+
+    # A marker of an earlier retirement, still queued for worker 2's session, ahead of its
+    # share of the messages published after it: it must not end this retirement.
+    async with MqttSession(
+        "127.0.0.1", mosquitto.port, f"{CLIENT_ID}-2", keepalive_s=30
+    ) as session:
+        topic = f"ecotel-ingest/retire/{CLIENT_ID}-2"
+        await session.subscribe(topic, 1)
+        await session.publish(topic, b"an earlier run's marker")
+    await _publish(mosquitto.port, 0, 90)
+    two = await _supervisor(config, 2)
+    log = await _read_until(two, r"supervisor: worker 2 retired")
+    assert "a retirement marker on" in log
+    await _wait_stored(influxdb.url, database, 90)
+    await _stop(two)
