@@ -7,6 +7,8 @@ Points the server refuses outright are isolated by bisection and handed back
 with the server's answer, so one bad point does not take its batch with it.
 With a spool (pipelines/spool.py), a batch that fails transiently goes to disk
 instead of waiting, and a drainer writes it back when InfluxDB returns.
+If either background task fails unexpectedly, ``watch()`` raises: the ingest stops
+(to be restarted) rather than run on without writing.
 """
 
 import asyncio
@@ -23,7 +25,16 @@ from pipelines.points import Chunk, Point
 from pipelines.spool import Spool
 from pipelines.stats import IngestStats
 
-__all__ = ["Chunk", "Done", "InfluxError", "InfluxWriter", "Point", "Refused", "no_op"]
+__all__ = [
+    "Chunk",
+    "Done",
+    "InfluxError",
+    "InfluxWriter",
+    "Point",
+    "Refused",
+    "WriterFailed",
+    "no_op",
+]
 
 log = logging.getLogger("ecotel.ingest.influx")
 
@@ -38,6 +49,10 @@ class InfluxError(Exception):
         super().__init__(f"InfluxDB answered {status}: {body.strip()}")
         self.status = status
         self.body = body
+
+
+class WriterFailed(RuntimeError):
+    """The writer's or the spool drainer's task ended with an unexpected error (its cause)."""
 
 
 Refused = Callable[[list[Point], InfluxError], Awaitable[None]]
@@ -81,6 +96,9 @@ class InfluxWriter:
         self._http: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._drainer: asyncio.Task[None] | None = None
+        self.failure: WriterFailed | None = None
+        """Set once a background task has failed: nothing is written any more."""
+        self._failed = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         self._http = httpx.AsyncClient(
@@ -102,9 +120,33 @@ class InfluxWriter:
             await self.__aexit__(None, None, None)
             raise
         self._task = asyncio.create_task(self._run(), name="influx-writer")
+        self._task.add_done_callback(self._task_ended)
         if self._spool is not None:
             self._drainer = asyncio.create_task(self._drain_spool(), name="spool-drainer")
+            self._drainer.add_done_callback(self._task_ended)
         return self
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        # Both tasks loop until cancelled: an exception left alone here was seen only at the
+        # exit, after hours of a ready-looking ingest that wrote nothing (a full spool disk).
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        log.error(
+            "the %s task failed; stopping the ingest (unwritten messages stay unacknowledged: "
+            "the broker redelivers them after a restart)",
+            task.get_name(),
+            exc_info=exc,
+        )
+        if self.failure is None:
+            self.failure = WriterFailed(f"{task.get_name()} failed: {type(exc).__name__}: {exc}")
+            self.failure.__cause__ = exc
+            self._failed.set()
+
+    async def watch(self) -> None:
+        """Wait until a background task fails, then raise WriterFailed (run beside the user)."""
+        await self._failed.wait()
+        assert self.failure is not None
+        raise self.failure
 
     async def __aexit__(
         self,
@@ -329,13 +371,19 @@ class InfluxWriter:
             batch_id, batch = oldest
             # Retries in place: the drainer is the one that waits for InfluxDB.
             await self._write(Chunk.group(batch), len(batch), may_spool=False)
-            await self._spool.remove(batch_id)
+            delay = 0.5
+            while not await self._spool.remove(batch_id):
+                # Written and still on disk (safe); meanwhile new batches wait in memory.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._batch.retry_max_s)
             self._note_spool()
             if not self.spooled:
                 log.info("spool drained: InfluxDB has everything again")
 
     async def reachable(self) -> str | None:
-        """None if InfluxDB answers its /ping, else what went wrong."""
+        """None if InfluxDB answers its /ping and the writer runs, else what went wrong."""
+        if self.failure is not None:
+            return f"not writing: {self.failure}"
         try:
             response = await self.http.get("/ping", timeout=2.0)
         except httpx.TransportError as exc:

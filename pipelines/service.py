@@ -166,6 +166,8 @@ class IngestService:
                 # the problem while it is away (a liveness probe must not kill the wait).
                 helpers.append(tasks.create_task(serve_api(self)))
             async with self._writer, self._derive:
+                # A writer that died stops the ingest (WriterFailed): restarted, never a zombie.
+                helpers.append(tasks.create_task(self._writer.watch()))
                 if self.quality is not None and self.settings.validation.quality.history_s > 0:
                     await load_quality_history(
                         self.quality,

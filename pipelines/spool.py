@@ -5,12 +5,14 @@ While InfluxDB is down or failing, a batch is committed here (SQLite, WAL,
 the broker's queue, now holds them. A drainer writes the spool back oldest
 first once InfluxDB answers again. Within the byte budget only: beyond it the
 writer keeps retrying in place, so acknowledgements stop and the broker holds
-the rest (backpressure, never a drop).
+the rest (backpressure, never a drop). So does a full disk under the file.
 """
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
+from typing import ClassVar
 
 from collector.durable_sqlite import DurableSqlite
 from pipelines.points import Point
@@ -30,32 +32,44 @@ class Spool(DurableSqlite):
     """Batches of points waiting for InfluxDB, oldest first, within ``max_bytes``."""
 
     schema = _SCHEMA
+    max_pages: ClassVar[int | None] = None
+    """Tests only: SQLite's ``max_page_count`` for the file, a full disk without root."""
 
     def __init__(self, path: Path, *, max_bytes: int) -> None:
         super().__init__(path)
         self.max_bytes = max_bytes
         self.points = 0
         self.bytes = 0
+        self._trouble: str | None = None
 
     async def opened(self) -> None:
+        if self.max_pages is not None:
+            await self.db.execute(f"PRAGMA max_page_count={int(self.max_pages)}")
+        await self._count()
+        if self.points:
+            log.warning("%d points spooled before the last stop wait for InfluxDB", self.points)
+
+    async def _count(self) -> None:
         async with self.db.execute(
             "SELECT total(count), total(length(points)) FROM batches"
         ) as cur:
             row = await cur.fetchone()
         assert row is not None
         self.points, self.bytes = int(row[0]), int(row[1])
-        if self.points:
-            log.warning("%d points spooled before the last stop wait for InfluxDB", self.points)
 
     async def add(self, batch: list[Point]) -> bool:
-        """Commit a batch; False (nothing stored) if it would exceed the budget."""
+        """Commit a batch; False (nothing stored) if it would exceed the budget or the file
+        cannot take it (disk full, locked too long: logged)."""
         body = json.dumps([[p.line, p.kind, p.topic, p.reading] for p in batch])
         if self.bytes + len(body) > self.max_bytes:
             return False
-        await self.db.execute(
-            "INSERT INTO batches (points, count) VALUES (?, ?)", (body, len(batch))
-        )
-        await self.db.commit()
+        if not await self._change(
+            "INSERT INTO batches (points, count) VALUES (?, ?)",
+            (body, len(batch)),
+            f"cannot spool {len(batch)} points",
+            "the writer holds them and retries InfluxDB; their messages stay unacknowledged",
+        ):
+            return False
         self.points += len(batch)
         self.bytes += len(body)
         return True
@@ -71,14 +85,45 @@ class Spool(DurableSqlite):
         ]
         return int(row[0]), points
 
-    async def remove(self, batch_id: int) -> None:
+    async def remove(self, batch_id: int) -> bool:
+        """Forget a written batch; False if the file cannot be changed now (logged)."""
         async with self.db.execute(
             "SELECT count, length(points) FROM batches WHERE id = ?", (batch_id,)
         ) as cur:
             row = await cur.fetchone()
         if row is None:
-            return
-        await self.db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
-        await self.db.commit()
+            return True
+        if not await self._change(
+            "DELETE FROM batches WHERE id = ?",
+            (batch_id,),
+            "cannot remove a written batch",
+            "its points stay on disk; retrying",
+        ):
+            return False
         self.points -= int(row[0])
         self.bytes -= int(row[1])
+        return True
+
+    async def _change(self, sql: str, params: tuple[object, ...], what: str, then: str) -> bool:
+        """Execute and commit ``sql``; False, rolled back, if SQLite cannot (said once a streak).
+
+        OperationalError only (full, locked, I/O): the others mean a damaged file or a bug,
+        which only a restart can tell, so they stop the ingest."""
+        committing = False
+        try:
+            await self.db.execute(sql, params)
+            committing = True
+            await self.db.commit()
+        except sqlite3.OperationalError as exc:
+            await self.db.rollback()
+            if committing:
+                # A failed commit may still have reached the file: count it again.
+                await self._count()
+            if str(exc) != self._trouble:
+                log.error("%s in %s: %s; %s", what, self.path, exc, then)
+                self._trouble = str(exc)
+            return False
+        if self._trouble is not None:
+            log.info("spool %s takes changes again", self.path)
+            self._trouble = None
+        return True
