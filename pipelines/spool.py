@@ -8,6 +8,7 @@ writer keeps retrying in place, so acknowledgements stop and the broker holds
 the rest (backpressure, never a drop). So does a full disk under the file.
 """
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -41,6 +42,8 @@ class Spool(DurableSqlite):
         self.points = 0
         self.bytes = 0
         self._trouble: str | None = None
+        # The writer and the drainer share the connection: a rollback must undo only its own.
+        self._changing = asyncio.Lock()
 
     async def opened(self) -> None:
         if self.max_pages is not None:
@@ -111,14 +114,18 @@ class Spool(DurableSqlite):
         which only a restart can tell, so they stop the ingest."""
         committing = False
         try:
-            await self.db.execute(sql, params)
-            committing = True
-            await self.db.commit()
+            async with self._changing:
+                try:
+                    await self.db.execute(sql, params)
+                    committing = True
+                    await self.db.commit()
+                except sqlite3.OperationalError:
+                    await self.db.rollback()
+                    if committing:
+                        # A failed commit may still have reached the file: count it again.
+                        await self._count()
+                    raise
         except sqlite3.OperationalError as exc:
-            await self.db.rollback()
-            if committing:
-                # A failed commit may still have reached the file: count it again.
-                await self._count()
             if str(exc) != self._trouble:
                 log.error("%s in %s: %s; %s", what, self.path, exc, then)
                 self._trouble = str(exc)

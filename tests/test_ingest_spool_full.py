@@ -13,13 +13,14 @@ import httpx
 import pytest
 
 from deploy.servers import InfluxServer, MosquittoServer
+from pipelines.config import BatchSettings, InfluxSettings
 from pipelines.influx_query import influx_query
+from pipelines.influx_writer import InfluxError, InfluxWriter, Point, WriterFailed
 from pipelines.line_protocol import timestamp_ns
+from pipelines.stats import IngestStats
 from tests.hydrology_load import stored_stages
 from tests.test_ingest_acks import PER_MESSAGE, T0
 from tests.test_ingest_spool import _publish, _spooled_points, _until, spooling_ingest
-
-pytestmark = pytest.mark.slow
 
 # Pages of 4 KiB: the schema and a batch or two of 100 points, then "disk full".
 _MAX_PAGES = 16
@@ -54,6 +55,7 @@ async def _in_log(path: Path, text: str) -> None:
     await _until(found, f"{text!r} in the ingest's log")
 
 
+@pytest.mark.slow
 async def test_full_spool_disk_holds_back_and_everything_is_written_once(tmp_path: Path) -> None:
     database = f"full_{uuid.uuid4().hex[:8]}"
     spool = tmp_path / "spool.sqlite3"
@@ -134,6 +136,7 @@ def _dead_letters(path: Path, reason: str) -> int:
         )
 
 
+@pytest.mark.slow
 async def test_a_failing_writer_stops_the_ingest_and_a_restart_loses_nothing(
     tmp_path: Path,
 ) -> None:
@@ -174,7 +177,7 @@ async def test_a_failing_writer_stops_the_ingest_and_a_restart_loses_nothing(
                 locker.close()
             await _stop(ingest)
         text = _log(log)
-        assert ingest.returncode not in (0, None), text
+        assert ingest.returncode == 1, text
         assert "the influx-writer task failed" in text
         assert "Traceback" in text
         assert "database is locked" in text
@@ -195,3 +198,27 @@ async def test_a_failing_writer_stops_the_ingest_and_a_restart_loses_nothing(
             await _stop(ingest)
         assert ingest.returncode == 0, _log(log)
         assert _dead_letters(dead, "influx_refused") == PER_MESSAGE
+
+
+async def test_a_failed_writer_is_not_ready_and_watch_raises(
+    influx_db: str, influxdb: InfluxServer
+) -> None:
+    """What the service builds on: /readyz asks reachable(), run() awaits watch()."""
+
+    async def store_gone(points: list[Point], error: InfluxError) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    influx = InfluxSettings(url=influxdb.url, database=influx_db)
+    async with InfluxWriter(
+        influx, BatchSettings(max_delay_s=0.05), IngestStats(), store_gone
+    ) as writer:
+        watching = asyncio.create_task(writer.watch())
+        assert await writer.reachable() is None
+        assert await writer.write_lines(['conflict value="text" 1']) is None
+        await writer.put([Point("conflict value=1.0 2", "test", "t")])
+        with pytest.raises(WriterFailed, match=r"influx-writer failed.*database is locked"):
+            async with asyncio.timeout(30):
+                await watching
+        problem = await writer.reachable()
+        assert problem is not None
+        assert problem.startswith("not writing: influx-writer failed")
