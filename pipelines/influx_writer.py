@@ -361,21 +361,32 @@ class InfluxWriter:
 
     async def _drain_spool(self) -> None:
         assert self._spool is not None
+        # Written, but their delete failed (a full disk takes no delete either): the rest of
+        # the spool is written first, then the deletes are retried.
+        undeleted: list[int] = []
+        delay = 0.5
         while True:
             await self._spool_ready.wait()
-            oldest = await self._spool.oldest()
+            oldest = await self._spool.oldest(after=undeleted[-1] if undeleted else 0)
             if oldest is None:
+                while undeleted and await self._spool.remove(undeleted[0]):
+                    undeleted.pop(0)
+                    if not undeleted and not self.spooled:
+                        log.info("spool drained: InfluxDB has everything again")
+                if undeleted:
+                    self._note_spool()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._batch.retry_max_s)
+                    continue
+                delay = 0.5
                 self._spool_ready.clear()
                 self._note_spool()
                 continue
             batch_id, batch = oldest
             # Retries in place: the drainer is the one that waits for InfluxDB.
             await self._write(Chunk.group(batch), len(batch), may_spool=False)
-            delay = 0.5
-            while not await self._spool.remove(batch_id):
-                # Written and still on disk (safe); meanwhile new batches wait in memory.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._batch.retry_max_s)
+            if not await self._spool.remove(batch_id):
+                undeleted.append(batch_id)
             self._note_spool()
             if not self.spooled:
                 log.info("spool drained: InfluxDB has everything again")

@@ -41,7 +41,8 @@ class Spool(DurableSqlite):
         self.max_bytes = max_bytes
         self.points = 0
         self.bytes = 0
-        self._trouble: str | None = None
+        # What each kind of change last failed with: said once, until it works again.
+        self._trouble: dict[str, str] = {}
         # The writer and the drainer share the connection: a rollback must undo only its own.
         self._changing = asyncio.Lock()
 
@@ -69,6 +70,7 @@ class Spool(DurableSqlite):
         if not await self._change(
             "INSERT INTO batches (points, count) VALUES (?, ?)",
             (body, len(batch)),
+            "new batches",
             f"cannot spool {len(batch)} points",
             "the writer holds them and retries InfluxDB; their messages stay unacknowledged",
         ):
@@ -77,8 +79,11 @@ class Spool(DurableSqlite):
         self.bytes += len(body)
         return True
 
-    async def oldest(self) -> tuple[int, list[Point]] | None:
-        async with self.db.execute("SELECT id, points FROM batches ORDER BY id LIMIT 1") as cur:
+    async def oldest(self, *, after: int = 0) -> tuple[int, list[Point]] | None:
+        """The oldest batch whose id is above ``after``."""
+        async with self.db.execute(
+            "SELECT id, points FROM batches WHERE id > ? ORDER BY id LIMIT 1", (after,)
+        ) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
@@ -99,15 +104,18 @@ class Spool(DurableSqlite):
         if not await self._change(
             "DELETE FROM batches WHERE id = ?",
             (batch_id,),
+            "deletes",
             "cannot remove a written batch",
-            "its points stay on disk; retrying",
+            "it stays on disk (written again after a restart: harmless); retrying",
         ):
             return False
         self.points -= int(row[0])
         self.bytes -= int(row[1])
         return True
 
-    async def _change(self, sql: str, params: tuple[object, ...], what: str, then: str) -> bool:
+    async def _change(
+        self, sql: str, params: tuple[object, ...], kind: str, what: str, then: str
+    ) -> bool:
         """Execute and commit ``sql``; False, rolled back, if SQLite cannot (said once a streak).
 
         OperationalError only (full, locked, I/O): the others mean a damaged file or a bug,
@@ -126,11 +134,10 @@ class Spool(DurableSqlite):
                         await self._count()
                     raise
         except sqlite3.OperationalError as exc:
-            if str(exc) != self._trouble:
+            if self._trouble.get(kind) != str(exc):
                 log.error("%s in %s: %s; %s", what, self.path, exc, then)
-                self._trouble = str(exc)
+                self._trouble[kind] = str(exc)
             return False
-        if self._trouble is not None:
-            log.info("spool %s takes changes again", self.path)
-            self._trouble = None
+        if self._trouble.pop(kind, None) is not None:
+            log.info("spool %s takes %s again", self.path, kind)
         return True

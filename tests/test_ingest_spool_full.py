@@ -122,6 +122,67 @@ async def test_full_spool_disk_holds_back_and_everything_is_written_once(tmp_pat
         assert await stored_stages(influx.url, database) == 121 * PER_MESSAGE
 
 
+@pytest.mark.slow
+async def test_spool_that_takes_no_delete_is_still_written_and_emptied_later(
+    tmp_path: Path,
+) -> None:
+    database = f"undel_{uuid.uuid4().hex[:8]}"
+    spool = tmp_path / "spool.sqlite3"
+    log = tmp_path / "ingest.log"
+    async with (
+        MosquittoServer(tmp_path / "broker") as broker,
+        InfluxServer(tmp_path / "influx") as influx,
+    ):
+        command = await spooling_ingest(tmp_path, broker, influx, "ingest-undel", database)
+        await asyncio.to_thread(_small_batches, Path(command[-1]))
+        with log.open("w", encoding="utf-8") as stderr:
+            ingest = await asyncio.create_subprocess_exec(*command, stderr=stderr)
+        locker: sqlite3.Connection | None = None
+        try:
+            await _publish(broker.port, range(1))
+
+            async def first_written() -> bool:
+                return await stored_stages(influx.url, database) == PER_MESSAGE
+
+            await _until(first_written, "the first 20 readings in InfluxDB")
+            await influx.stop()
+            await _publish(broker.port, range(1, 11))
+
+            async def all_spooled() -> bool:
+                return await asyncio.to_thread(_spooled_points, spool) >= 10 * PER_MESSAGE
+
+            await _until(all_spooled, "200 readings in the spool")
+            # Another process holds the spool past its busy wait: no delete goes through.
+            locker = sqlite3.connect(spool, timeout=0, isolation_level=None)
+            locker.execute("BEGIN IMMEDIATE")
+            await influx.start()
+
+            async def all_written() -> bool:
+                return await stored_stages(influx.url, database) == 11 * PER_MESSAGE
+
+            # Every batch is written although the first one could not be deleted.
+            await _until(all_written, "all 220 readings in InfluxDB")
+            assert await asyncio.to_thread(_spooled_points, spool) >= 10 * PER_MESSAGE
+            await _in_log(log, "cannot remove a written batch")
+            locker.close()
+            locker = None
+
+            async def spool_empty() -> bool:
+                return await asyncio.to_thread(_spooled_points, spool) == 0
+
+            await _until(spool_empty, "the spool to be emptied once it takes deletes")
+        finally:
+            if locker is not None:
+                locker.close()
+            await _stop(ingest)
+        assert ingest.returncode == 0, _log(log)
+        text = _log(log)
+        assert str(spool) in text
+        assert "database is locked" in text
+        assert "spool drained" in text
+        assert await stored_stages(influx.url, database) == 11 * PER_MESSAGE
+
+
 async def _database_exists(url: str, database: str) -> bool:
     series = await influx_query(url, "SHOW DATABASES")
     return any(row[0] == database for s in series for row in s.values)
