@@ -140,6 +140,7 @@ class Gateway:
                 self.outbox.pending,
                 self.outbox.path,
             )
+            await self._fit_budget_to_disk()
             async with asyncio.TaskGroup() as tasks:
                 pollers = [
                     tasks.create_task(self._poll(d, sources[d.id])) for d in self.settings.devices
@@ -188,6 +189,34 @@ class Gateway:
             )
         if self._refused is not None:
             raise BrokerRefused(self._refused)
+
+    async def _fit_budget_to_disk(self) -> None:
+        """A budget larger than the disk would fill it: then the outbox keeps a third of the free space.
+
+        A full disk leaves no room even to send (each message is written to the outbox
+        before it goes), so the budget's policy must act before that; the rest is for
+        SQLite's page overhead, its journal and the messages in flight."""
+        ident = self.settings.gateway
+        try:
+            free = (await asyncio.to_thread(shutil.disk_usage, ident.state_dir)).free
+        except OSError:
+            return
+        # The file takes up to 1.5 times the readings' JSON (small readings, SQLite's pages).
+        room = self.outbox.pending_bytes + free // 3
+        if free // 8 < 4_000_000:
+            await self.outbox.limit_journal(free // 8)
+        if room < self.outbox.max_bytes:
+            log.warning(
+                "gateway %s: gateway.outbox_max_mb = %g MB does not fit on %s (%.1f MB free): "
+                "the outbox keeps at most %.1f MB (policy %s); free space or lower it",
+                ident.id,
+                ident.outbox_max_mb,
+                ident.state_dir,
+                free / 1e6,
+                room / 1e6,
+                ident.outbox_full_policy,
+            )
+            self.outbox.max_bytes = room
 
     async def _poll(self, device: DeviceSettings, source: ReadingSource) -> None:
         loop = asyncio.get_running_loop()
@@ -274,7 +303,7 @@ class Gateway:
                 "gateway %s: outbox at its budget of %g MB, policy %s: %d readings dropped "
                 "since start, %d in all",
                 ident.id,
-                ident.outbox_max_mb,
+                self.outbox.max_bytes / 1e6,
                 ident.outbox_full_policy,
                 self.stats.dropped,
                 self.outbox.dropped,

@@ -202,6 +202,13 @@ class Outbox(DurableSqlite):
         top = (await self._one("SELECT max(seq) FROM inflight"))[0]
         self._next_seq = max(await self._meta("next_seq") or 0, 0 if top is None else int(top) + 1)
 
+    async def limit_journal(self, max_bytes: int) -> None:
+        """Keep the write-ahead log under ``max_bytes`` (SQLite's default lets it reach ~4 MB):
+        on a small disk the log, not the readings, would fill it, and nothing could be sent."""
+        pages = max(16, max_bytes // 4096)
+        await self.db.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+        await self.db.execute(f"PRAGMA journal_size_limit = {pages * 4096}")
+
     @property
     def pending(self) -> int:
         """Readings on disk not yet acknowledged by the broker."""
