@@ -39,7 +39,7 @@ from pipelines.group_sessions import (
     stranded_sessions,
     to_retire,
 )
-from pipelines.influx_writer import InfluxError
+from pipelines.influx_writer import InfluxError, WriterFailed
 from pipelines.mqtt_consumer import MqttRefused
 from pipelines.service import IngestService
 from pipelines.supervisor import Supervisor
@@ -255,6 +255,7 @@ def _run_one(settings: IngestSettings, args: argparse.Namespace, source: str) ->
     """One ingest process (a worker, a single ingest, or a retiring session) until it stops."""
     refused: MqttRefused | None = None
     unusable: StoreUnusable | OSError | None = None
+    failed: WriterFailed | None = None
     service = IngestService(settings, retire=args.retire)
     try:
         asyncio.run(_run(service, watch_parent=args.worker is not None))
@@ -266,6 +267,15 @@ def _run_one(settings: IngestSettings, args: argparse.Namespace, source: str) ->
         first_error = group.exceptions[0]
         assert isinstance(first_error, StoreUnusable | ApiUnavailable)
         unusable = first_error
+    except* WriterFailed as group:
+        first_failure = group.exceptions[0]
+        assert isinstance(first_failure, WriterFailed)
+        failed = first_failure
+    if failed is not None:
+        # Logged with its traceback already: one line here, exit 1 (restarted; nothing
+        # unwritten was acknowledged).
+        print(f"ecotel-ingest: {failed}", file=sys.stderr)
+        return 1
     if unusable is not None:
         # Exit (a supervisor or systemd restarts it): never hang on a file it cannot use,
         # nor run without the API its settings ask for.
