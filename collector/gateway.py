@@ -397,6 +397,7 @@ class Gateway:
     async def _watch_clock(self) -> None:
         # Held readings are corrected against the latest trusted pair of clocks,
         # checked every time: a group committed after the clock was set is caught too.
+        held_full = False  # said once per spell of a full disk, not every check
         while True:
             self.clock.check()
             if self.clock.trusted and self.outbox.held:
@@ -405,8 +406,15 @@ class Gateway:
                     corrected = await self.outbox.correct_held(Anchor(wall, mono))
                 except DiskFull as full:
                     # Corrected bodies are longer; they stay held and are tried again.
-                    log.warning("gateway %s: %s", self.settings.gateway.id, full)
-                    corrected = 0
+                    if not held_full:
+                        log.warning(
+                            "gateway %s: cannot correct held readings yet: %s",
+                            self.settings.gateway.id,
+                            full,
+                        )
+                    held_full, corrected = True, 0
+                else:
+                    held_full = False
                 if corrected:
                     log.info(
                         "gateway %s: %d readings taken before the clock was set got their "
