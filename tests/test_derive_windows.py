@@ -302,15 +302,8 @@ async def test_derive_command_recomputes_a_past_range(
         ],
     )
     config = _config(tmp_path, influxdb.url, influx_db, DERIVE)
-    done = _cli(
-        "--config",
-        str(config),
-        "derive",
-        "--from",
-        "2026-01-15T10:00:00+08:00",
-        "--to",
-        "2026-01-15T11:00:00+08:00",
-    )
+    hour = ["--from", "2026-01-15T10:00:00+08:00", "--to", "2026-01-15T11:00:00+08:00"]
+    done = _cli("--config", str(config), "derive", *hour)
     assert done.returncode == 0, done.stderr
     # The day window holds only this hour: written with complete=0, and counted so.
     assert "derived 1 per-reading points and 6 windows (1 incomplete)" in done.stdout
@@ -325,17 +318,7 @@ async def test_derive_command_recomputes_a_past_range(
     )
     assert road[0].values[0][1:] == [1.0, 60.0]
     # A site named as no reading is: said, not a silent "0 points".
-    wrong = _cli(
-        "--config",
-        str(config),
-        "derive",
-        "--from",
-        "2026-01-15T10:00:00+08:00",
-        "--to",
-        "2026-01-15T11:00:00+08:00",
-        "--site",
-        "gonghe dc1",
-    )
+    wrong = _cli("--config", str(config), "derive", *hour, "--site", "gonghe dc1")
     assert wrong.returncode == 0, wrong.stderr
     assert "derived 0 per-reading points and 0 windows" in wrong.stdout
     assert "nothing of 'gonghe dc1' in that range" in wrong.stderr

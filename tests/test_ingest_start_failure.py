@@ -9,6 +9,24 @@ from pathlib import Path
 from deploy.servers import InfluxServer
 
 
+async def _run_to_exit(config: Path, *args: str) -> tuple[int, str]:
+    """``ecotel-ingest run`` until it exits by itself: its exit code and stderr."""
+    ingest = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "pipelines", "--config", str(config), "run", *args],
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        # Not a measure of speed: a generous bound that only a hung process reaches.
+        async with asyncio.timeout(120):
+            _, stderr = await ingest.communicate()
+    finally:
+        if ingest.returncode is None:
+            ingest.kill()
+            await ingest.wait()
+    assert ingest.returncode is not None
+    return ingest.returncode, stderr.decode()
+
+
 async def test_a_worker_whose_old_derive_file_is_unreadable_exits(
     influxdb: InfluxServer, tmp_path: Path, free_port: int
 ) -> None:
@@ -23,20 +41,8 @@ async def test_a_worker_whose_old_derive_file_is_unreadable_exits(
         f'[dead_letter]\npath = "{state / "dead.sqlite3"}"\n',
         encoding="utf-8",
     )
-    worker = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "pipelines", "--config", str(config), "run", "--worker", "0"],
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        # Not a measure of speed: a generous bound that only a hung process reaches.
-        async with asyncio.timeout(120):
-            _, stderr = await worker.communicate()
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
-    assert worker.returncode == 1
-    err = stderr.decode()
+    returncode, err = await _run_to_exit(config, "--worker", "0")
+    assert returncode == 1
     assert f"cannot open {state / 'derive-worker1.sqlite3'}: file is not a database" in err
     assert "Traceback" not in err
 
@@ -53,19 +59,8 @@ async def test_an_api_port_in_use_is_one_line_naming_the_file_and_keys(
             f"[api]\nenabled = true\nport = {taken.getsockname()[1]}\n",
             encoding="utf-8",
         )
-        ingest = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "pipelines", "--config", str(config), "run"],
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            async with asyncio.timeout(120):
-                _, stderr = await ingest.communicate()
-        finally:
-            if ingest.returncode is None:
-                ingest.kill()
-                await ingest.wait()
-    assert ingest.returncode == 1
-    err = stderr.decode()
+        returncode, err = await _run_to_exit(config)
+    assert returncode == 1
     assert f"{config}: api: cannot listen on 127.0.0.1:" in err
     assert "(api.host, api.port)" in err
     assert "Traceback" not in err
