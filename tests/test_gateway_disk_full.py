@@ -9,32 +9,16 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from collector import wire
 from collector.outbox import MAX_PAGES_ENV
 from deploy.servers import MosquittoServer
+from tests.mqtt_observer import observe
 
 GATEWAY, SITE = "full-gw", "Tuotuohe"
 MAX_PAGES = 30
 """SQLite pages the outbox may have (4 KiB each): room for a few hundred readings."""
-
-
-async def _observe(port: int, sink: list[bytes], ready: asyncio.Event) -> None:
-    # A persistent session: what the gateway publishes while we reconnect is kept for us.
-    while True:
-        try:
-            async with aiomqtt.Client(
-                "127.0.0.1", port, identifier="full-observer", clean_session=False
-            ) as client:
-                await client.subscribe(wire.readings_topic(SITE, GATEWAY), qos=wire.QOS)
-                ready.set()
-                async for message in client.messages:
-                    assert isinstance(message.payload, bytes)
-                    sink.append(message.payload)
-        except aiomqtt.MqttError:
-            await asyncio.sleep(0.2)
 
 
 async def _read_lines(stream: asyncio.StreamReader, lines: list[str]) -> None:
@@ -57,11 +41,15 @@ async def test_a_full_disk_drops_counted_readings_and_the_gateway_drains_and_rec
 ) -> None:
     state = tmp_path / "state"
     outbox = state / f"{GATEWAY}.outbox.sqlite3"
-    received: list[bytes] = []
+    received: list[tuple[str, bytes]] = []
     ready = asyncio.Event()
     log: list[str] = []
     async with MosquittoServer(tmp_path / "broker") as broker:
-        observer = asyncio.create_task(_observe(broker.port, received, ready))
+        observer = asyncio.create_task(
+            observe(
+                broker.port, wire.readings_topic(SITE, GATEWAY), "full-observer", received, ready
+            )
+        )
         await ready.wait()
         # The station is cut off: everything it takes goes to its outbox, until that is full.
         await broker.stop()
@@ -140,7 +128,7 @@ async def test_a_full_disk_drops_counted_readings_and_the_gateway_drains_and_rec
     assert published == after["committed"]
 
     by_seq: dict[int, bytes] = {}
-    for payload in received:
+    for _, payload in received:
         seq = json.loads(payload)["seq"]
         assert by_seq.setdefault(seq, payload) == payload, f"seq {seq} resent with other bytes"
     assert sorted(by_seq) == list(range(len(by_seq))), "no message number is missing"

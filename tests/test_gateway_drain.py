@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import aiosqlite
 import pytest
 
@@ -18,6 +17,7 @@ from collector.outbox import Outbox, OutgoingMessage
 from deploy.servers import MosquittoServer
 from devices import Reading
 from devices.simulators import make_simulator
+from tests.mqtt_observer import observe
 
 GATEWAY, SITE = "drain-gw", "Tuotuohe"
 START = datetime(2026, 6, 1, tzinfo=UTC)
@@ -104,21 +104,6 @@ def _wire_time(reading: Reading) -> str:
     return reading.time.isoformat().replace("+00:00", "Z")
 
 
-async def _observe(port: int, sink: list[bytes], ready: asyncio.Event) -> None:
-    while True:
-        try:
-            async with aiomqtt.Client(
-                "127.0.0.1", port, identifier="drain-observer", clean_session=False
-            ) as client:
-                await client.subscribe(wire.readings_topic(SITE, GATEWAY), qos=wire.QOS)
-                ready.set()
-                async for message in client.messages:
-                    assert isinstance(message.payload, bytes)
-                    sink.append(message.payload)
-        except aiomqtt.MqttError:
-            await asyncio.sleep(0.2)
-
-
 @pytest.mark.slow
 async def test_kill_9_mid_drain_loses_nothing_and_resends_the_same_bytes(
     tmp_path: Path,
@@ -127,7 +112,7 @@ async def test_kill_9_mid_drain_loses_nothing_and_resends_the_same_bytes(
     state = tmp_path / "state"
     async with Outbox(state / f"{GATEWAY}.outbox.sqlite3", max_bytes=10**9) as outbox:
         await outbox.add(backlog)
-    received: list[bytes] = []
+    received: list[tuple[str, bytes]] = []
     ready = asyncio.Event()
     async with MosquittoServer(tmp_path / "broker") as broker:
         config = tmp_path / "gw.toml"
@@ -152,7 +137,11 @@ async def test_kill_9_mid_drain_loses_nothing_and_resends_the_same_bytes(
             + "\n",
             encoding="utf-8",
         )
-        observer = asyncio.create_task(_observe(broker.port, received, ready))
+        observer = asyncio.create_task(
+            observe(
+                broker.port, wire.readings_topic(SITE, GATEWAY), "drain-observer", received, ready
+            )
+        )
         await ready.wait()
         command = [sys.executable, "-m", "collector", "run", "--config", str(config)]
         first = await asyncio.create_subprocess_exec(*command)
@@ -166,7 +155,7 @@ async def test_kill_9_mid_drain_loses_nothing_and_resends_the_same_bytes(
         second = await asyncio.create_subprocess_exec(*command)
 
         def backlog_seen() -> int:
-            times = {r["time"] for p in received for r in json.loads(p)["readings"]}
+            times = {r["time"] for _, p in received for r in json.loads(p)["readings"]}
             return sum(1 for r in backlog if _wire_time(r) in times)
 
         async with asyncio.timeout(90):
@@ -179,7 +168,7 @@ async def test_kill_9_mid_drain_loses_nothing_and_resends_the_same_bytes(
         await asyncio.gather(observer, return_exceptions=True)
 
     by_seq: dict[int, bytes] = {}
-    for payload in received:
+    for _, payload in received:
         seq = json.loads(payload)["seq"]
         assert by_seq.setdefault(seq, payload) == payload, f"seq {seq} resent with other bytes"
     assert sorted(by_seq) == list(range(len(by_seq))), "no message number is missing"

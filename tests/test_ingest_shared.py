@@ -34,6 +34,7 @@ from pipelines.dead_letter import DeadLetterStore
 from pipelines.influx_query import influx_query
 from pipelines.sequence_tracker import Seen, SequenceTracker
 from pipelines.supervisor import Supervisor
+from tests.mqtt_observer import observe
 
 WORKERS = 3
 GATEWAYS, DEVICES, INTERVAL_S = 4, 6, 0.05
@@ -71,21 +72,6 @@ def _gateway(number: int, port: int, state_dir: Path) -> Gateway:
             }
         )
     )
-
-
-async def _observe(port: int, sink: list[tuple[str, bytes]], ready: asyncio.Event) -> None:
-    # A persistent session, so a hiccup of the observer's link loses nothing.
-    while True:
-        try:
-            async with aiomqtt.Client(
-                "127.0.0.1", port, identifier="shared-observer", clean_session=False
-            ) as client:
-                await client.subscribe(wire.READINGS_FILTER, qos=1)
-                ready.set()
-                async for message in client.messages:
-                    sink.append((str(message.topic), bytes(message.payload)))
-        except aiomqtt.MqttError:
-            await asyncio.sleep(0.2)
 
 
 def _ns(text: str) -> int:
@@ -157,7 +143,9 @@ async def test_three_workers_one_killed_every_reading_once(
     async with MosquittoServer(tmp_path / "broker") as broker:
         observed: list[tuple[str, bytes]] = []
         observer_ready = asyncio.Event()
-        observer = asyncio.create_task(_observe(broker.port, observed, observer_ready))
+        observer = asyncio.create_task(
+            observe(broker.port, wire.READINGS_FILTER, "shared-observer", observed, observer_ready)
+        )
         async with asyncio.timeout(10):
             await observer_ready.wait()
 
