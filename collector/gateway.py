@@ -31,6 +31,8 @@ log = logging.getLogger("ecotel.gateway")
 
 _IN_FLIGHT = 8
 """Most messages published and not yet acknowledged at once (paho allows 20)."""
+# How often the outbox's budget is fitted to the free space again.
+_BUDGET_CHECK_S = 10.0
 
 
 def _raise_failure(sending: set[asyncio.Task[None]]) -> None:
@@ -101,6 +103,8 @@ class Gateway:
         self._taken_mono: list[float | None] = []
         self._committed = asyncio.Event()
         self._stop = asyncio.Event()
+        self._budget_capped = False
+        self._journal_limited = False
         self._polling_done = asyncio.Event()
         self._all_committed = asyncio.Event()
         self._last_drop_log = -math.inf
@@ -147,6 +151,7 @@ class Gateway:
                 ]
                 committer = tasks.create_task(self._commit_until_stopped())
                 clock_watch = tasks.create_task(self._watch_clock())
+                budget_watch = tasks.create_task(self._refit_budget())
                 publisher = tasks.create_task(self._publish_until_stopped())
                 await self._stop.wait()
                 await asyncio.gather(*pollers)
@@ -154,6 +159,7 @@ class Gateway:
                 self._polling_done.set()
                 await committer
                 clock_watch.cancel()
+                budget_watch.cancel()
                 for source in sources.values():
                     await source.close()
                 if self.outbox.pending:
@@ -195,20 +201,26 @@ class Gateway:
 
         A full disk leaves no room even to send (each message is written to the outbox
         before it goes), so the budget's policy must act before that; the rest is for
-        SQLite's page overhead, its journal and the messages in flight."""
+        SQLite's page overhead, its journal and the messages in flight. Checked again every
+        _BUDGET_CHECK_S: once space is freed the configured budget applies again, or the
+        policy would go on dropping readings the disk now has room for."""
         ident = self.settings.gateway
+        configured = int(ident.outbox_max_mb * 1_000_000)
         try:
             free = (await asyncio.to_thread(shutil.disk_usage, ident.state_dir)).free
         except OSError:
             return
         # The file takes up to 1.5 times the readings' JSON (small readings, SQLite's pages).
-        room = self.outbox.pending_bytes + free // 3
-        if free // 8 < 4_000_000:
+        room = min(configured, self.outbox.pending_bytes + free // 3)
+        if free // 8 < 4_000_000 and not self._journal_limited:
             await self.outbox.limit_journal(free // 8)
-        if room < self.outbox.max_bytes:
+            self._journal_limited = True
+        capped = room < configured
+        if capped and not self._budget_capped:
             log.warning(
                 "gateway %s: gateway.outbox_max_mb = %g MB does not fit on %s (%.1f MB free): "
-                "the outbox keeps at most %.1f MB (policy %s); free space or lower it",
+                "the outbox keeps at most %.1f MB (policy %s) until there is room; free space "
+                "or lower it",
                 ident.id,
                 ident.outbox_max_mb,
                 ident.state_dir,
@@ -216,7 +228,22 @@ class Gateway:
                 room / 1e6,
                 ident.outbox_full_policy,
             )
-            self.outbox.max_bytes = room
+        elif self._budget_capped and not capped:
+            log.info(
+                "gateway %s: %.1f MB free on %s: the outbox's budget is gateway.outbox_max_mb "
+                "(%g MB) again",
+                ident.id,
+                free / 1e6,
+                ident.state_dir,
+                ident.outbox_max_mb,
+            )
+        self._budget_capped = capped
+        self.outbox.max_bytes = room
+
+    async def _refit_budget(self) -> None:
+        while True:
+            await asyncio.sleep(_BUDGET_CHECK_S)
+            await self._fit_budget_to_disk()
 
     async def _poll(self, device: DeviceSettings, source: ReadingSource) -> None:
         loop = asyncio.get_running_loop()
