@@ -346,7 +346,8 @@ class Gateway:
 
     async def _publish_until_stopped(self) -> None:
         broker = self.settings.broker
-        delay = 0.5
+        delay = full_delay = 0.5
+        connected_at = 0.0
         while True:
             try:
                 async with self._client() as client:
@@ -363,6 +364,7 @@ class Gateway:
                                 full,
                             )
                     delay = 0.5
+                    connected_at = asyncio.get_running_loop().time()
                     await self._announce(client, "online", "connected")
                     self.outbox.mark_live()
                     log.info(
@@ -383,17 +385,21 @@ class Gateway:
             except DiskFull as full:
                 # Reserving or acknowledging a message found no room. What is in flight
                 # goes again from the outbox after a reconnect (a repeated seq, no loss).
+                # Its own backoff: a connect that works resets ``delay``, and on a disk that
+                # stays full every connect does. A minute of sending without it starts it over.
                 self.stats.connected = False
+                if asyncio.get_running_loop().time() - connected_at > 60:
+                    full_delay = 0.5
                 log.error(
                     "gateway %s: no room on disk to send from %s (%s; %s); retrying in %.1f s",
                     self.settings.gateway.id,
                     self.outbox.path,
                     full.cause,
                     await self._free_space(),
-                    delay,
+                    full_delay,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, broker.reconnect_max_s)
+                await asyncio.sleep(full_delay)
+                full_delay = min(full_delay * 2, broker.reconnect_max_s)
             except aiomqtt.MqttError as exc:
                 self.stats.connected = False
                 self.stats.reconnects += 1
