@@ -32,11 +32,10 @@ def lock_exclusively(path: Path, what: str) -> TextIO:
         lock.close()
         raise
     # The pid only names the holder: a full disk must not keep the gateway from starting.
+    # Written unbuffered: a buffered write that failed would fail again at close().
     with contextlib.suppress(OSError):
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+        os.ftruncate(lock.fileno(), 0)
+        os.pwrite(lock.fileno(), f"{os.getpid()}\n".encode(), 0)
     return lock
 
 
