@@ -2,14 +2,17 @@
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
+import os
 import shutil
 import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiomqtt
 
@@ -33,6 +36,10 @@ _IN_FLIGHT = 8
 """Most messages published and not yet acknowledged at once (paho allows 20)."""
 # How often the outbox's budget is fitted to the free space again.
 _BUDGET_CHECK_S = 10.0
+# Kept aside beside the outbox while there is room (at most a quarter of the free space),
+# and deleted when a disk that something else filled leaves no room to send.
+_RESERVE_BYTES = 8_000_000
+_RESERVE_MIN_BYTES = 256_000
 
 
 def _raise_failure(sending: set[asyncio.Task[None]]) -> None:
@@ -210,6 +217,7 @@ class Gateway:
             free = (await asyncio.to_thread(shutil.disk_usage, ident.state_dir)).free
         except OSError:
             return
+        free = await self._keep_reserve(free)
         # The file takes up to 1.5 times the readings' JSON (small readings, SQLite's pages).
         room = min(configured, self.outbox.pending_bytes + free // 3)
         if free // 8 < 4_000_000 and not self._journal_limited:
@@ -239,6 +247,46 @@ class Gateway:
             )
         self._budget_capped = capped
         self.outbox.max_bytes = room
+
+    @property
+    def _reserve_path(self) -> Path:
+        return self.outbox.path.with_name(f"{self.outbox.path.name}.reserve")
+
+    async def _keep_reserve(self, free: int) -> int:
+        """Make the reserve file if it is missing and there is room; the free space left.
+
+        Sending writes each message to the outbox first, and SQLite's write-ahead log cannot
+        grow on a full disk: a disk that something else filled would stop the drain that
+        frees room. Deleting the reserve then lets the backlog go (and its pages be reused)."""
+        path = self._reserve_path
+        size = min(_RESERVE_BYTES, free // 4)
+        if size < _RESERVE_MIN_BYTES or await asyncio.to_thread(path.exists):
+            return free
+        try:
+            await asyncio.to_thread(_allocate, path, size)
+        except OSError as exc:
+            log.warning(
+                "gateway %s: cannot keep a reserve in %s: %s", self.settings.gateway.id, path, exc
+            )
+            return free
+        return free - size
+
+    async def _release_reserve(self) -> bool:
+        """Delete the reserve (the disk is full and nothing can be sent); False if none."""
+        path = self._reserve_path
+        try:
+            size = (await asyncio.to_thread(path.stat)).st_size
+            await asyncio.to_thread(path.unlink)
+        except FileNotFoundError:
+            return False
+        log.warning(
+            "gateway %s: disk full: deleted the reserve %s (%.1f MB) so that the backlog can be "
+            "sent; it is made again once there is room",
+            self.settings.gateway.id,
+            path,
+            size / 1e6,
+        )
+        return True
 
     async def _refit_budget(self) -> None:
         while True:
@@ -388,6 +436,8 @@ class Gateway:
                 # Its own backoff: a connect that works resets ``delay``, and on a disk that
                 # stays full every connect does. A minute of sending without it starts it over.
                 self.stats.connected = False
+                if await self._release_reserve():
+                    continue  # room to send again: at once
                 if asyncio.get_running_loop().time() - connected_at > 60:
                     full_delay = 0.5
                 log.error(
@@ -598,3 +648,14 @@ class Gateway:
         if lane == "live":
             self._live_since = None
         return message
+
+
+def _allocate(path: Path, size: int) -> None:
+    """A file of ``size`` bytes that really takes them on disk (not sparse)."""
+    with path.open("wb") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+            file.write(bytes(size))

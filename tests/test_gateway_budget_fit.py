@@ -43,7 +43,9 @@ async def test_a_capped_budget_is_restored_when_space_returns(
     caplog.set_level(logging.INFO, logger="ecotel.gateway")
     async with gateway.outbox:
         await gateway._fit_budget_to_disk()
-        assert gateway.outbox.max_bytes == 1_000_000  # a third of the free space
+        # A reserve of a quarter of the free space is kept aside; a third of the rest.
+        assert (tmp_path / "state" / "gw-budget.outbox.sqlite3.reserve").stat().st_size == 750_000
+        assert gateway.outbox.max_bytes == 750_000
         assert "does not fit on" in caplog.text
         free["bytes"] = 3_000_000_000
         await gateway._fit_budget_to_disk()
