@@ -14,7 +14,7 @@ import pytest
 from collector import wire
 from collector.outbox import MAX_PAGES_ENV
 from deploy.servers import MosquittoServer
-from tests.mqtt_observer import observe
+from tests.mqtt_observer import observe, readings_delivered_once
 
 GATEWAY, SITE = "full-gw", "Tuotuohe"
 MAX_PAGES = 30
@@ -127,15 +127,5 @@ async def test_a_full_disk_drops_counted_readings_and_the_gateway_drains_and_rec
     assert taken == after["committed"] + dropped, "every reading taken is kept or counted"
     assert published == after["committed"]
 
-    by_seq: dict[int, bytes] = {}
-    for _, payload in received:
-        seq = json.loads(payload)["seq"]
-        assert by_seq.setdefault(seq, payload) == payload, f"seq {seq} resent with other bytes"
-    assert sorted(by_seq) == list(range(len(by_seq))), "no message number is missing"
-    keys = [
-        (r["device"], r.get("channel"), r["time"])
-        for payload in by_seq.values()
-        for r in json.loads(payload)["readings"]
-    ]
-    assert len(keys) == len(set(keys)), "no reading is in two messages"
+    keys = readings_delivered_once(received)
     assert len(keys) == after["committed"], "every reading the outbox took arrived once"

@@ -17,7 +17,7 @@ from collector.outbox import Outbox, OutgoingMessage
 from deploy.servers import MosquittoServer
 from devices import Reading
 from devices.simulators import make_simulator
-from tests.mqtt_observer import observe
+from tests.mqtt_observer import observe, readings_delivered_once
 
 GATEWAY, SITE = "drain-gw", "Tuotuohe"
 START = datetime(2026, 6, 1, tzinfo=UTC)
@@ -167,17 +167,7 @@ async def test_kill_9_mid_drain_loses_nothing_and_resends_the_same_bytes(
         observer.cancel()
         await asyncio.gather(observer, return_exceptions=True)
 
-    by_seq: dict[int, bytes] = {}
-    for _, payload in received:
-        seq = json.loads(payload)["seq"]
-        assert by_seq.setdefault(seq, payload) == payload, f"seq {seq} resent with other bytes"
-    assert sorted(by_seq) == list(range(len(by_seq))), "no message number is missing"
-    keys = [
-        (r["device"], r.get("channel"), r["time"])
-        for p in by_seq.values()
-        for r in json.loads(p)["readings"]
-    ]
-    assert len(keys) == len(set(keys)), "no reading is in two messages"
+    keys = readings_delivered_once(received)
     expected = {(r.device, r.channel, _wire_time(r)) for r in backlog}
     assert len(expected) == len(backlog)
     assert expected <= set(keys), "every backlog reading arrived"
