@@ -5,6 +5,7 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -26,7 +27,7 @@ from pipelines.api_models import (
     ReplayResult,
 )
 from pipelines.config import ApiToken
-from pipelines.dead_letter import DeadLetter
+from pipelines.dead_letter import REASONS, DeadLetter
 from pipelines.metrics import render_metrics
 from pipelines.replay import replay
 from pipelines.service import IngestService
@@ -41,6 +42,10 @@ class _Refused(Exception):
 
 
 _REF = "#/components/schemas/{model}"
+_REASON_DOC = (
+    f"Only this reason code: {', '.join(REASONS)} (docs/wire-contract.md), or another the "
+    "store holds; any other is refused (422)"
+)
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "No token, or not one of api.tokens"},
     403: {"model": Problem, "description": "The token may not do this"},
@@ -77,6 +82,16 @@ def build_app(service: IngestService) -> FastAPI:
         if not holder.operator:
             raise _Refused(403, "a gateway's token may only post its readings")
         return holder
+
+    async def known_reason(reason: str | None, where: str) -> None:
+        """A reason no letter can have is a mistake (a typo): refused naming the codes, as
+        FastAPI refuses a bad parameter (422), rather than answered with nothing found."""
+        if reason is None:
+            return
+        problem = await service.dead_letters.unknown_reason(reason)
+        if problem is not None:
+            error = {"type": "value_error", "loc": (where, "reason"), "msg": problem}
+            raise RequestValidationError([{**error, "input": reason}])
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
@@ -173,11 +188,12 @@ def build_app(service: IngestService) -> FastAPI:
     )
     async def list_dead_letters(
         _: Annotated[ApiToken, Depends(operator)],
-        reason: Annotated[str | None, Query(description="Only this reason code")] = None,
+        reason: Annotated[str | None, Query(description=_REASON_DOC)] = None,
         after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
         limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
     ) -> DeadLetterPage:
         """Dead letters oldest first, a page at a time."""
+        await known_reason(reason, "query")
         letters = await service.dead_letters.list(reason=reason, limit=limit, after_id=after_id)
         return DeadLetterPage(
             items=[_summary(letter) for letter in letters],
@@ -225,6 +241,7 @@ def build_app(service: IngestService) -> FastAPI:
         """
         ids = list(request.ids)
         if request.reason is not None:
+            await known_reason(request.reason, "body")
             letters = await service.dead_letters.list(reason=request.reason, limit=request.limit)
             ids = [letter.id for letter in letters]
         results = []

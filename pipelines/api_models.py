@@ -79,7 +79,11 @@ class ReplayRequest(BaseModel):
     """Dead letters to replay: by id, or the oldest ``limit`` of one reason."""
 
     ids: list[LetterId] = Field(default_factory=list, max_length=1_000)
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None,
+        description="A reason code (docs/wire-contract.md) or another the store holds; any other "
+        "is refused (422)",
+    )
     limit: int = Field(default=100, ge=1, le=1_000)
 
     @model_validator(mode="after")

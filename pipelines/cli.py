@@ -493,9 +493,10 @@ async def _list(store: DeadLetterStore, args: argparse.Namespace) -> None:
     elif not counts:
         print(f"no dead letters in {store.path}")
     elif args.reason is not None and args.reason not in counts:
+        unknown = await store.unknown_reason(args.reason)
         print(
             f"no dead letters of reason {args.reason!r} in {store.path}; its reasons: "
-            f"{', '.join(counts)}"
+            f"{', '.join(counts)}" + (f" ({unknown})" if unknown else "")
         )
     else:
         print(f"no dead letters after id {args.after} in {store.path}")

@@ -23,6 +23,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters(reason);
 """
 
+# fmt: off
+REASONS = (
+    "too_large", "bad_topic", "not_utf8", "bad_json", "bad_envelope", "topic_mismatch",
+    "bad_status", "bad_health", "bad_reading", "unknown_kind", "bad_channel",
+    "invalid_values", "foreign_device", "clock_unset", "time_in_future",
+    "conflicting_duplicate", "influx_refused",
+)
+# fmt: on
+"""Every reason code the ingest gives a dead letter, as docs/wire-contract.md's table lists them."""
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -108,6 +118,19 @@ class DeadLetterStore(DurableSqlite):
         async with self.db.execute("SELECT * FROM dead_letters WHERE id = ?", (letter_id,)) as cur:
             row = await cur.fetchone()
         return _row(row) if row is not None else None
+
+    async def unknown_reason(self, reason: str) -> str | None:
+        """Why selecting ``reason`` can find no letter, ever; None for a code of REASONS or
+        one this store holds (an older ingest's)."""
+        if reason in REASONS:
+            return None
+        held = await self.counts()
+        if reason in held:
+            return None
+        older = [r for r in held if r not in REASONS]
+        return f"{reason!r} is no reason code; the ingest's: {', '.join(REASONS)}" + (
+            f"; this store also holds: {', '.join(older)}" if older else ""
+        )
 
     async def counts(self) -> dict[str, int]:
         """Number of dead letters per reason."""

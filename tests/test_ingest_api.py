@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -20,11 +21,14 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port
+from pipelines.config import load_ingest_config
+from pipelines.dead_letter import REASONS, DeadLetterStore
 from pipelines.influx_query import influx_query
 
 OPERATOR = "operator-token-0123456789"
 GATEWAY_TOKEN = "gateway-token-0123456789"
 SITE, GW = "Madoi", "madoi-gw1"
+ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
 
@@ -472,3 +476,44 @@ def test_the_command_line_replays_ids_or_a_reason_not_both(api: Api) -> None:
     )
     assert cli.returncode == 2, cli.stdout + cli.stderr
     assert "not both" in cli.stderr
+
+
+async def test_a_reason_no_letter_can_have_is_refused_naming_the_codes(api: Api) -> None:
+    # A reason of an older ingest, still in the store: listed like today's codes.
+    async with DeadLetterStore(load_ingest_config(api.config).dead_letter.path) as store:
+        await store.add_message(f"ecotel/v1/{SITE}/{GW}/readings", b"{", "out_of_range", "old")
+    async with api.client() as http:
+        listed = await http.get("/v1/dead-letters", params={"reason": "bogus"})
+        replayed = await http.post("/v1/dead-letters/replay", json={"reason": "bogus"})
+        no_letters_yet = await http.get("/v1/dead-letters", params={"reason": "too_large"})
+        older = await http.get("/v1/dead-letters", params={"reason": "out_of_range"})
+    assert listed.status_code == 422, listed.text
+    assert replayed.status_code == 422, replayed.text
+    for response, where in ((listed, "query"), (replayed, "body")):
+        [error] = response.json()["detail"]
+        assert error["loc"] == [where, "reason"]
+        assert error["msg"].startswith("'bogus' is no reason code; the ingest's: too_large, ")
+        assert "invalid_values" in error["msg"]
+        assert error["msg"].endswith("; this store also holds: out_of_range")
+    # A code the ingest gives is a fair question even while no letter has it.
+    assert no_letters_yet.status_code == 200
+    assert no_letters_yet.json() == {"items": [], "next_after_id": None}
+    assert [item["detail"] for item in older.json()["items"]] == ["old"]
+    # The command line says the same, from the same check.
+    cli = await asyncio.create_subprocess_exec(
+        *_dead_letters_command(api.config),
+        "list",
+        "--reason",
+        "bogus",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await cli.communicate()
+    assert cli.returncode == 0, err.decode()
+    assert "'bogus' is no reason code; the ingest's: too_large, " in out.decode()
+
+
+def test_the_reason_codes_are_those_the_wire_contract_lists() -> None:
+    table = (ROOT / "docs" / "wire-contract.md").read_text(encoding="utf-8")
+    documented = re.findall(r"^\| `([a-z0-9_]+)` \| (?:message|reading|point) \|", table, re.M)
+    assert documented == list(REASONS)
