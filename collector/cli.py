@@ -68,12 +68,36 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
+    watchdog: asyncio.Task[None] | None = None
+    stopped = False
+
+    def stopping() -> None:
+        # Said once, when the stop begins: the drain that follows takes up to its timeout,
+        # which systemd bounds with TimeoutStopSec, not the watchdog.
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            if watchdog is not None:
+                watchdog.cancel()
+            notify("STOPPING=1")
+
+    def stop() -> None:
+        stopping()
+        gateway.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, gateway.stop)
-    watchdog = asyncio.create_task(keep_watchdog_fed())
-    notify("READY=1")
+        loop.add_signal_handler(sig, stop)
+    running = asyncio.create_task(gateway.run())
+    ready = asyncio.create_task(gateway.ready.wait())
     try:
-        await gateway.run()
+        # READY=1 once the outbox is open (systemd then starts what comes After= us); a
+        # gateway that cannot open it (held, damaged) exits without ever saying it. Until
+        # READY, TimeoutStartSec bounds the start; from then on, the watchdog.
+        await asyncio.wait((running, ready), return_when=asyncio.FIRST_COMPLETED)
+        if gateway.ready.is_set() and not stopped:
+            notify("READY=1")
+            watchdog = asyncio.create_task(keep_watchdog_fed())
+        await running
     finally:
-        notify("STOPPING=1")
-        watchdog.cancel()
+        ready.cancel()
+        stopping()

@@ -110,6 +110,8 @@ class Gateway:
         self._taken_mono: list[float | None] = []
         self._committed = asyncio.Event()
         self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set once the outbox is open: from then on every reading taken is kept."""
         self._budget_capped = False
         self._journal_limited = False
         self._polling_done = asyncio.Event()
@@ -152,6 +154,7 @@ class Gateway:
                 self.outbox.path,
             )
             await self._fit_budget_to_disk()
+            self.ready.set()
             async with asyncio.TaskGroup() as tasks:
                 pollers = [
                     tasks.create_task(self._poll(d, sources[d.id])) for d in self.settings.devices
