@@ -1,4 +1,4 @@
-"""``python -m bench [decode|stack|ingest|gateway-*|trace|derive|ledger] ...``: run a benchmark, print its figures."""
+"""``python -m bench NAME ...``: run one benchmark and print its figures (docs/performance.md)."""
 
 import argparse
 import sys
@@ -29,11 +29,11 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description=__doc__,
-        epilog="also: "
-        + "; ".join(f"{name}: {help_}" for name, (_, help_) in _OWN_OPTIONS.items()),
+        description="Run one benchmark on this machine and print its figures (recorded in "
+        "docs/performance.md). Without NAME: decode and stack.",
+        epilog="python -m bench NAME --help: that benchmark's options.",
     )
-    sub = parser.add_subparsers(dest="which")
+    sub = parser.add_subparsers(dest="which", metavar="NAME", title="benchmarks")
     decode = sub.add_parser("decode", help="CPU cost per reading of decode+validate+serialise")
     decode.add_argument("--batch", type=int, default=100, help="readings per message")
     decode.add_argument("--count", type=int, default=500, help="messages")
@@ -58,6 +58,9 @@ def main() -> None:
         help="only these systems: broker,influx,ecotel,bridge",
     )
     ingest.add_argument("--json", type=Path, help="also write the figures to this file")
+    for name, (_, help_) in _OWN_OPTIONS.items():
+        # Listed here; run (and their --help answered) by their own parsers above.
+        sub.add_parser(name, help=help_)
     args = parser.parse_args()
     # Imported on use: each benchmark pulls in a different part of the project.
     if args.which == "ingest":
