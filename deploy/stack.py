@@ -64,6 +64,8 @@ class StackReport:
     """Readings refused one by one (their messages' other readings were stored)."""
     rejected_messages: int
     """Whole messages refused (not UTF-8, not JSON, another gateway's topic, ...)."""
+    repeated_messages: int
+    """Readings messages the ingest took again (a gateway's sequence number it had seen)."""
     stored_by_measurement: dict[str, int]
     influx_url: str
     mqtt_port: int
@@ -149,15 +151,17 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
             ident = gw.settings.gateway
             print(f"  gateway    {ident.id} at {ident.site}: {len(gw.settings.devices)} devices")
         print(f"  watch the traffic: mosquitto_sub -p {broker.port} -t 'ecotel/v1/#' -v")
-        print(
-            "Ctrl-C stops"
-            + (f"; stopping after {options.duration_s:g} s" if options.duration_s else "")
-        )
         started = time.monotonic()
         async with asyncio.TaskGroup() as tasks:
             ingest_task = tasks.create_task(ingest.run())
             async with asyncio.timeout(30):
                 await ingest.connected.wait()
+            # Said once the ingest and its API answer, so the lines above can be used now.
+            print(
+                "Ctrl-C stops"
+                + (f"; stopping after {options.duration_s:g} s" if options.duration_s else ""),
+                flush=True,
+            )
             gateway_tasks = [tasks.create_task(gw.run()) for gw in gateways]
             draining = asyncio.Event()
             progress = tasks.create_task(_progress(ingest, gateways, started, options, draining))
@@ -181,6 +185,7 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
             written_by_domain=_by_domain(ingest.stats.written_by_kind),
             rejected=ingest.stats.rejected,
             rejected_messages=sum(ingest.stats.rejected_messages.values()),
+            repeated_messages=ingest.stats.repeated_messages,
             stored_by_measurement=stored,
             influx_url=influx.url,
             mqtt_port=broker.port,
@@ -317,11 +322,20 @@ def _print_report(report: StackReport, data: Path) -> None:
     )
     extra = report.written - report.published
     if extra > 0:
-        # A gateway counts a message once the broker acknowledged it; one still unacknowledged
-        # at its stop (or resent after a lost PUBACK) was written all the same.
+        # The ingest writes what reaches it by any way, not only from the stack's gateways;
+        # what it can tell apart are the repeats (a sequence number seen before).
+        repeats = (
+            f"{report.repeated_messages:,} messages came twice (a sequence number seen "
+            "before; InfluxDB stores a point written twice once)"
+            if report.repeated_messages
+            else "not repeats: no message came twice"
+        )
         print(
-            f"  ({extra:,} more written than published: messages whose PUBACK their gateway "
-            "had not seen when it stopped, or resends; a point written twice is stored once)"
+            f"  ({extra:,} more written than the stack's gateways published; {repeats}.\n"
+            "   The ingest also writes readings posted to its API, published to this broker by\n"
+            "   other clients (ecotel-trace replay), replayed from dead letters, or kept by the\n"
+            "   broker from an earlier run; and a gateway counts a message published once it\n"
+            "   saw the broker's PUBACK, which one sent just before its stop may not have had.)"
         )
     print("stored in InfluxDB now (all runs in this data dir):")
     for name, count in report.stored_by_measurement.items():

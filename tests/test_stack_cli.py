@@ -1,13 +1,16 @@
 """The main job as a user runs it: ``ecotel-stack`` for a few seconds, then ``ecotel-stack query``."""
 
 import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from collector.process_lock import lock_exclusively
@@ -198,3 +201,57 @@ def test_a_terminals_signal_to_the_whole_job_stops_the_stack_in_order(
     assert stopped[1] == stopped[2]
     _, alive = psutil.wait_procs(servers, timeout=10)
     assert not alive, f"left running: {alive}"
+
+
+@pytest.mark.slow
+def test_readings_posted_to_the_stacks_api_are_not_reported_as_repeats(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    running = subprocess.Popen(
+        [*STACK, "run", "--data-dir", str(data), "--duration", "60", "--interval", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None
+        api = ""
+        for line in running.stdout:
+            api = api or (re.findall(r"ingest API (http://\S+)", line) or [""])[0]
+            if "Ctrl-C stops" in line:
+                break
+        token = (data / "ingest" / "api-token").read_text(encoding="utf-8").strip()
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        readings = [
+            {
+                "device": "hydro-9",
+                "kind": "hydrology",
+                "time": (start + timedelta(seconds=n)).isoformat(),
+                "values": {"stage": 2.0, "discharge": 40.0, "water_temperature": 4.0},
+            }
+            for n in range(7)
+        ]
+        message = {"schema": 1, "site": "Madoi", "gateway": "by-hand", "seq": 1}
+        message |= {"sent_at": start.isoformat(), "readings": readings}
+        posted = httpx.post(
+            f"{api}/v1/readings/Madoi/by-hand",
+            content=json.dumps(message),
+            headers={"Authorization": f"Bearer {token}"},
+            trust_env=False,
+            timeout=30,
+        )
+        assert posted.json() == {"stored": 7, "refused": []}, posted.text
+    finally:
+        running.send_signal(signal.SIGINT)
+        out, err = running.communicate(timeout=60)
+    assert running.returncode == 0, err
+    counted = re.search(r"([\d,]+) readings published, ([\d,]+) written to InfluxDB", out)
+    assert counted is not None, out
+    published, written = (int(n.replace(",", "")) for n in counted.groups())
+    assert written - published >= 7, out
+    note = re.search(
+        r"^  \(([\d,]+) more written than the stack's gateways published; (.*)\.$", out, re.M
+    )
+    assert note is not None, out
+    assert int(note[1].replace(",", "")) == written - published
+    assert note[2] == "not repeats: no message came twice"
+    assert "readings posted to its API" in out
