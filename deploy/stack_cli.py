@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level",
         default="WARNING",
-        help="log level of the components (default WARNING; progress is always shown)",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        metavar="LEVEL",
+        help="log level of the components: DEBUG, INFO, WARNING or ERROR (default WARNING; "
+        "progress is always shown)",
     )
     query = sub.add_parser(
         "query",
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             return 0
         logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         options = StackOptions(
             data_dir=args.data_dir,

@@ -104,6 +104,7 @@ def test_help_answers() -> None:
         ("--scale=0", "0 must be at least 1"),
         ("--duration=0", "0 must be more than 0"),
         ("--scale=x", "'x' is not a whole number"),
+        ("--log-level=loud", "invalid choice: 'LOUD' (choose from 'DEBUG', 'INFO', 'WARNING'"),
     ],
 )
 def test_impossible_options_are_refused_before_anything_starts(
