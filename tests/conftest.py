@@ -11,6 +11,7 @@ import pytest_asyncio
 
 from deploy.servers import InfluxServer, MosquittoServer, find_free_port, require_binaries
 from tests.gateway_harness import harness  # noqa: F401  (a fixture for the gateway tests)
+from tests.process_cleanup import no_process_left_behind  # noqa: F401  (autouse: stops leftovers)
 from tests.trace_fixtures import trace_stack  # noqa: F401  (replay a trace into a fresh stack)
 
 
