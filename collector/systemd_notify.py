@@ -6,20 +6,29 @@ under systemd) every call does nothing.
 """
 
 import asyncio
+import logging
 import os
 import socket
 
+log = logging.getLogger("ecotel.gateway.systemd")
+
 
 def notify(message: str) -> None:
-    """Send one notification; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
+    """Send one notification; a no-op outside systemd.
+
+    A failure is logged, not raised: the gateway's readings matter more than its report to
+    systemd (which, missing READY=1 or the watchdog, restarts it anyway).
+    """
+    given = os.environ.get("NOTIFY_SOCKET")
+    if not given:
         return
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # an abstract-namespace socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        sock.sendto(message.encode(), address)
+    address = "\0" + given[1:] if given.startswith("@") else given  # @: abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.warning("could not tell systemd %s at NOTIFY_SOCKET=%s: %s", message, given, exc)
 
 
 def watchdog_interval_s() -> float | None:

@@ -98,3 +98,36 @@ def test_a_gateway_that_cannot_open_its_outbox_never_says_ready(tmp_path: Path) 
         sock.settimeout(0)
         with pytest.raises(BlockingIOError):
             sock.recv(100)
+
+
+def test_a_notify_socket_nobody_listens_on_costs_a_warning_not_the_gateway(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    # A NOTIFY_SOCKET left in the environment of a shell, or systemd's socket gone.
+    gone = tmp_path / "gone.sock"
+    gateway = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "run",
+            "--config",
+            str(_config(tmp_path, mosquitto.port)),
+        ],
+        env={**os.environ, "NOTIFY_SOCKET": str(gone)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert gateway.stderr is not None
+        for line in gateway.stderr:
+            if "connected to" in line:
+                break
+        gateway.send_signal(signal.SIGTERM)
+        _, err = gateway.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            gateway.kill()
+    assert gateway.returncode == 0, err
+    assert f"could not tell systemd STOPPING=1 at NOTIFY_SOCKET={gone}: " in err
+    assert "Traceback" not in err
