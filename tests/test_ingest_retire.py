@@ -39,34 +39,13 @@ def _config(tmp_path: Path, broker: int, influx: str, database: str, *, group: b
     return config
 
 
-_started: list[asyncio.subprocess.Process] = []
-
-
-@pytest.fixture(autouse=True)
-async def _no_ingest_left_behind() -> AsyncIterator[None]:
-    """A test that fails midway must not leave its supervisor and workers running."""
-    yield
-    while _started:
-        process = _started.pop()
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)  # the supervisor stops its workers
-            try:
-                async with asyncio.timeout(30):
-                    await process.communicate()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
 async def _supervisor(config: Path, workers: int | None) -> asyncio.subprocess.Process:
     """``run --workers N``, or a single ingest (None)."""
-    process = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "pipelines", "--config", str(config), "run"],
         *(["--workers", str(workers)] if workers is not None else []),
         stderr=asyncio.subprocess.PIPE,
     )
-    _started.append(process)
-    return process
 
 
 async def _read_until(process: asyncio.subprocess.Process, pattern: str, count: int = 1) -> str:
