@@ -29,6 +29,13 @@ def _ours(process: psutil.Process) -> bool:
     return False
 
 
+def _running(process: psutil.Process) -> bool:
+    """Not exited: a killed child not yet waited for is a zombie, gone but for its exit code."""
+    with suppress(psutil.Error):
+        return process.status() != psutil.STATUS_ZOMBIE
+    return False
+
+
 def _describe(process: psutil.Process) -> str:
     with suppress(psutil.Error):
         return f"{process.pid} {' '.join(process.cmdline())[:120]}"
@@ -66,9 +73,10 @@ def no_process_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     failed = request.session.testsfailed
     yield
     left = _descendants() - before
+    running = {process for process in left if _running(process)}
     # The call's report is counted before teardown: a failed test's leftovers are expected.
-    if left and request.session.testsfailed == failed:
-        described = "; ".join(sorted(_describe(process) for process in left))
+    if running and request.session.testsfailed == failed:
+        described = "; ".join(sorted(_describe(process) for process in running))
         warnings.warn(
             ProcessLeft(f"{request.node.nodeid} left running (stopped now): {described}"),
             stacklevel=1,
