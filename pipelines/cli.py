@@ -116,7 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", "-c", type=Path, default=argparse.SUPPRESS, help="ingest TOML file"
     )
-    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
     how_many = run.add_mutually_exclusive_group()
     how_many.add_argument(
         "--workers",

@@ -97,3 +97,17 @@ async def test_preview_names_an_unreachable_influxdb(free_port: int, tmp_path: P
     assert code == 1
     assert "Traceback" not in err
     assert f"InfluxDB at {url}" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [sys.executable, "-m", "pipelines", "run", "--log-level", "loud"],
+        [*TRACE_CLI, "--log-level", "loud", "inspect", str(TRACES / "backlog.trace.gz")],
+    ],
+)
+def test_an_unknown_log_level_is_refused_naming_the_levels(argv: list[str]) -> None:
+    out = _run(*argv)
+    assert out.returncode == 2, out.stderr
+    assert "invalid choice: 'LOUD' (choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR')" in out.stderr
+    assert "Traceback" not in out.stderr

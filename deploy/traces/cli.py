@@ -85,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect and trim traces (docs/traces.md).",
         epilog=f"The broker password comes from the environment: {PASSWORD_ENV}.",
     )
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default WARNING)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("record", help="subscribe and write every message to a trace file")
