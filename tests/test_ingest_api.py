@@ -1,5 +1,6 @@
 """The ingest's HTTP API against a running ingest process, a real broker and a real InfluxDB."""
 
+import ast
 import asyncio
 import base64
 import json
@@ -517,3 +518,21 @@ def test_the_reason_codes_are_those_the_wire_contract_lists() -> None:
     table = (ROOT / "docs" / "wire-contract.md").read_text(encoding="utf-8")
     documented = re.findall(r"^\| `([a-z0-9_]+)` \| (?:message|reading|point) \|", table, re.M)
     assert documented == list(REASONS)
+
+
+def test_every_reason_the_code_gives_is_a_listed_code() -> None:
+    # A code given in the code but missing from REASONS would be refused (422) by the API
+    # until a letter of it exists: every literal reason of a refusal must be listed.
+    given: set[str] = set()
+    refusals = {"Rejection", "MessageRejected", "CatalogError", "Refused"}
+    for path in [*(ROOT / "pipelines").rglob("*.py"), *(ROOT / "devices").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            first = node.args[0] if node.args else None
+            reason = next((k.value for k in node.keywords if k.arg in ("reason", "code")), first)
+            if name in refusals and isinstance(reason, ast.Constant):
+                given.add(reason.value)
+    assert len(given) >= 10, given  # the walk finds the refusals at all
+    assert given <= set(REASONS), given - set(REASONS)
