@@ -4,6 +4,7 @@ supervisor and its workers) is stopped after it, even when an assertion failed m
 import warnings
 from collections.abc import Iterator
 from contextlib import suppress
+from pathlib import Path
 
 import psutil
 import pytest
@@ -21,11 +22,19 @@ def _descendants() -> set[psutil.Process]:
     return {process for process in psutil.Process().children(recursive=True) if _ours(process)}
 
 
+_SERVERS = frozenset({"mosquitto", "influxd"})
+"""Started by deploy/servers.py, whose fixtures stop them at the end of their scope, even after
+a failure; a test may restart a module's server (a new process) for the tests after it."""
+
+
 def _ours(process: psutil.Process) -> bool:
-    """Not multiprocessing's resource tracker: it serves pytest's process until it exits (a
-    test using multiprocessing starts it once) and ignores SIGTERM."""
+    """Not a server of a fixture, nor multiprocessing's resource tracker: it serves pytest's
+    process until it exits (a test using multiprocessing starts it once) and ignores SIGTERM."""
     with suppress(psutil.Error):
-        return "multiprocessing.resource_tracker" not in " ".join(process.cmdline())
+        command = process.cmdline()
+        if command and Path(command[0]).name in _SERVERS:
+            return False
+        return "multiprocessing.resource_tracker" not in " ".join(command)
     return False
 
 
