@@ -40,6 +40,13 @@ class MqttSettings(_Section):
         "(ecotel-ingest run --worker N; the supervisor sets it)",
     )
     keepalive_s: int = Field(default=30, ge=5)
+    reconnect_max_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Longest wait between attempts to reach the broker (from 0.5 s, doubling): a "
+        "broker back after a restart is found within this, and its queue drains",
+    )
     topics: list[str] = Field(
         default=[wire.READINGS_FILTER, wire.STATUS_FILTER, wire.HEALTH_FILTER], min_length=1
     )

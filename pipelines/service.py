@@ -281,7 +281,7 @@ class IngestService:
                 # They worked in this run, so the broker's side changed: keep trying.
                 log.error("ingest: %s; retrying in %.1f s", exc.setting(mqtt.username), delay)
                 await self._sleep_unless_stopped(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, max(mqtt.reconnect_max_s, 30.0))
             except MqttLinkError as exc:
                 self.connected.clear()
                 if self._stopping.is_set():
@@ -289,7 +289,7 @@ class IngestService:
                     return
                 log.warning("ingest: broker link lost (%s); reconnecting in %.1f s", exc, delay)
                 await self._sleep_unless_stopped(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, mqtt.reconnect_max_s)
             finally:
                 self._session = None
                 if self._reminder is not None:
@@ -400,7 +400,7 @@ class IngestService:
                     return
                 log.warning("ingest: cannot discard the session yet (%s); retrying", exc)
                 await self._sleep_unless_stopped(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, mqtt.reconnect_max_s)
         self.retired = True
         log.info(
             "ingest: session %s retired: %d messages taken, every reading written; the "
