@@ -55,6 +55,12 @@ class GatewayIdentity(_Section):
         default="drop_oldest",
         description="What to drop when the budget is reached (counted, logged)",
     )
+    stall_warn_s: float = Field(
+        default=60,
+        gt=0,
+        description="Connected with readings waiting and none acknowledged for this long: a "
+        "warning in the log naming the messages in flight",
+    )
     health_interval_s: float = Field(
         default=60, gt=0, description="How often the gateway publishes its own health"
     )

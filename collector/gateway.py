@@ -425,12 +425,16 @@ class Gateway:
                         broker.port,
                         self.outbox.pending,
                     )
-                    health = asyncio.create_task(self._publish_health(client))
+                    watchers = [
+                        asyncio.create_task(self._publish_health(client)),
+                        asyncio.create_task(self._watch_progress()),
+                    ]
                     try:
                         await self._publish_batches(client)
                     finally:
-                        health.cancel()
-                        await asyncio.gather(health, return_exceptions=True)
+                        for watcher in watchers:
+                            watcher.cancel()
+                        await asyncio.gather(*watchers, return_exceptions=True)
                     await self._announce(client, "offline", "shutdown")
                     return
             except DiskFull as full:
@@ -479,6 +483,45 @@ class Gateway:
                 delay = min(delay * 2, broker.reconnect_max_s)
             finally:
                 self.stats.connected = False
+
+    async def _watch_progress(self) -> None:
+        """Warn once per spell when the link is up, readings wait and no message has been
+        acknowledged for ``gateway.stall_warn_s``; say when sending resumes. A station that
+        sends nothing must not be silent about it."""
+        stall_s = self.settings.gateway.stall_warn_s
+        loop = asyncio.get_running_loop()
+        acknowledged, since, stalled = self.stats.messages, loop.time(), False
+        while True:
+            await asyncio.sleep(min(stall_s / 4, 10.0))
+            if self.stats.messages != acknowledged:
+                if stalled:
+                    log.info(
+                        "gateway %s: sending again after %.0f s",
+                        self.settings.gateway.id,
+                        loop.time() - since,
+                    )
+                acknowledged, since, stalled = self.stats.messages, loop.time(), False
+                continue
+            waiting = self.outbox.pending - self.outbox.held
+            if stalled or waiting <= 0:
+                since = since if waiting > 0 else loop.time()
+                continue
+            if loop.time() - since >= stall_s:
+                stalled = True
+                live, backlog = await self.outbox.lanes()
+                in_flight = sorted(self.outbox.sending_seqs())
+                log.warning(
+                    "gateway %s: connected but no message acknowledged for %.0f s with %d "
+                    "readings waiting (live %d, backlog %d, held for the clock %d); in flight: "
+                    "%s; the broker may be stalled or refusing the messages (its log says)",
+                    self.settings.gateway.id,
+                    loop.time() - since,
+                    waiting,
+                    live,
+                    backlog,
+                    self.outbox.held,
+                    ", ".join(f"seq {seq}" for seq in in_flight) or "none",
+                )
 
     async def _watch_clock(self) -> None:
         # Held readings are corrected against the latest trusted pair of clocks,

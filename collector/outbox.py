@@ -375,6 +375,10 @@ class Outbox(DurableSqlite):
         async with self.db.execute("SELECT ids FROM inflight") as cur:
             return [i for (ids,) in await cur.fetchall() for i in json.loads(ids)]
 
+    def sending_seqs(self) -> list[int]:
+        """Numbers of the messages reserved and not yet acknowledged."""
+        return list(self._sending)
+
     async def lanes(self) -> tuple[int, int]:
         """(live, backlog) readings waiting to be reserved (not those in flight)."""
         live, backlog = self._live, self._backlog
