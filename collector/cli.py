@@ -11,6 +11,7 @@ from collector.broker_link import tls_context
 from collector.config import load_gateway_config
 from collector.durable_sqlite import StoreUnusable
 from collector.gateway import BrokerRefused, Gateway
+from collector.log_options import add_log_level
 from collector.process_lock import InUse
 from collector.settings_loader import ConfigError
 from collector.systemd_notify import keep_watchdog_fed, notify
@@ -26,14 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway until Ctrl-C or SIGTERM")
     run.add_argument("--config", "-c", type=Path, required=True, help="gateway TOML file")
-    run.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        metavar="LEVEL",
-        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
-    )
+    add_log_level(run, "INFO")
     check = sub.add_parser("check", help="validate a configuration file and print it")
     check.add_argument("--config", "-c", type=Path, required=True, help="gateway TOML file")
     return parser

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from collector.durable_sqlite import StoreUnusable
+from collector.log_options import add_log_level
 from collector.process_lock import InUse
 from collector.settings_loader import ConfigError
 from deploy.servers import ServerStartError
@@ -53,15 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="N copies of every simulated device, for load tests (default 1)",
     )
-    run.add_argument(
-        "--log-level",
-        default="WARNING",
-        type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        metavar="LEVEL",
-        help="log level of the components: DEBUG, INFO, WARNING or ERROR (default WARNING; "
-        "progress is always shown)",
-    )
+    add_log_level(run, "WARNING", "; the components' logs: progress is always shown")
     query = sub.add_parser(
         "query",
         help="run an InfluxQL query on the stack's data (through its InfluxDB while it runs)",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from collector.broker_link import context_from
 from collector.durable_sqlite import StoreUnusable
+from collector.log_options import add_log_level
 from collector.process_lock import InUse, lock_exclusively
 from collector.settings_loader import ConfigError, build_settings
 from collector.stdout_pipe import reader_left
@@ -116,14 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", "-c", type=Path, default=argparse.SUPPRESS, help="ingest TOML file"
     )
-    run.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        metavar="LEVEL",
-        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
-    )
+    add_log_level(run, "INFO")
     how_many = run.add_mutually_exclusive_group()
     how_many.add_argument(
         "--workers",
