@@ -60,6 +60,9 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
 def _broker(args: argparse.Namespace) -> tuple[BrokerSettings, str]:
     source = str(args.broker_config) if args.broker_config else "command line"
     base = broker_from_file(args.broker_config) if args.broker_config else BrokerSettings()
+    # A gateway's client id is its own: connecting with it would disconnect the live gateway
+    # (the broker keeps one connection per id). Only --client-id sets ours.
+    base = base.model_copy(update={"client_id": None})
     update: dict[str, object] = {}
     for key in ("host", "port", "username", "client_id"):
         if getattr(args, key) is not None:
