@@ -10,7 +10,7 @@ from pathlib import Path
 import aiomqtt
 
 from deploy.servers import MosquittoServer
-from deploy.traces.file_format import TraceHeader, TraceRecord, load_trace, write_trace
+from deploy.traces.file_format import TraceHeader, TraceRecord, write_trace
 
 CLI = [sys.executable, "-m", "deploy.traces"]
 

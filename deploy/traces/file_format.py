@@ -1,6 +1,7 @@
 """The trace file: gzip members of JSON lines, a header line then one line per MQTT message (docs/traces.md)."""
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -138,8 +139,30 @@ class TraceWriter:
         self._buffered = 0
         self.records = 0
         self.opened_at = time.monotonic()
+        self.repaired_lines: int | None = None
+        """Appending to a cut file: the whole lines of its cut member, written again (else None)."""
+        if append and self._file.tell() > 0:
+            self._repair_cut_end()
         self._add(header.to_json())
         self.flush()
+
+    def _repair_cut_end(self) -> None:
+        """Cut a truncated last member back and write its whole lines as a complete member.
+
+        A reader cannot find members that follow a cut one (the cut deflate stream swallows
+        them), so appending behind it would hide the whole new session.
+        """
+        end, tail = complete_end(self.path)
+        if tail is None:
+            return
+        whole = tail[: tail.rfind(b"\n") + 1]
+        self._file.truncate(end)
+        self._file.seek(end)
+        self.repaired_lines = whole.count(b"\n")
+        self.write_member(whole)
+        if not whole:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     member_bytes = _MEMBER_BYTES
 
@@ -209,6 +232,32 @@ def part_path(path: Path, part: int) -> Path:
     stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else path.stem
     suffix = SUFFIX if name.endswith(SUFFIX) else path.suffix
     return path.with_name(f"{stem}-{part:04d}{suffix}")
+
+
+def complete_end(path: Path) -> tuple[int, bytes | None]:
+    """Where the last complete gzip member ends, and the cut member's data if the file goes on."""
+    decomp = zlib.decompressobj(wbits=31)
+    end = offset = 0
+    tail = b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            offset += len(chunk)
+            while chunk:
+                try:
+                    tail += decomp.decompress(chunk)
+                except zlib.error as exc:
+                    raise TraceError(f"{path}: not a gzip trace ({exc})") from None
+                if not decomp.eof:
+                    break
+                end = offset - len(decomp.unused_data)
+                chunk = decomp.unused_data
+                decomp = zlib.decompressobj(wbits=31)
+                tail = b""
+    if end == offset:
+        return end, None
+    with contextlib.suppress(zlib.error):
+        tail += decomp.flush()
+    return end, tail
 
 
 @dataclass

@@ -70,6 +70,13 @@ class _RotatingWriter:
             note=self.options.note,
         )
         writer = TraceWriter(self._path(), header, append=self.options.append)
+        if writer.repaired_lines is not None:
+            log.warning(
+                "%s ended in a cut gzip member (recorder killed?): its %d whole lines were "
+                "written again as a complete member before appending",
+                writer.path,
+                writer.repaired_lines,
+            )
         self.stats.files.append(writer.path)
         return writer
 
