@@ -28,7 +28,7 @@ from deploy.traces.file_format import (
 )
 from deploy.traces.frame_publisher import PublishError
 from deploy.traces.inspect import render, summarise
-from deploy.traces.record import RecordOptions, record
+from deploy.traces.record import RecordOptions, SubscriptionRefused, record
 from deploy.traces.replay import ReplayOptions, ReplayProgress, replay
 from deploy.traces.rewrite import Rewrite, parse_mapping
 from deploy.traces.trim import parse_when, trim
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return _trim(args)
     except BrokenPipeError:
         return reader_left()  # `inspect | head`
-    except (ConfigError, TraceError, ValueError) as exc:
+    except (ConfigError, TraceError, ValueError, SubscriptionRefused) as exc:
         print(f"ecotel-trace: {exc}", file=sys.stderr)
         return 2
     except (aiomqtt.MqttError, PublishError) as exc:

@@ -10,11 +10,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
+from paho.mqtt.client import topic_matches_sub
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collector.config import BrokerSettings
 from deploy.traces.broker import MqttVersion, broker_url, client_tls, make_client
-from deploy.traces.file_format import TraceHeader, TraceRecord, TraceWriter, part_path
+from deploy.traces.file_format import (
+    JsonDict,
+    TraceHeader,
+    TraceRecord,
+    TraceWriter,
+    part_path,
+)
 from deploy.traces.mqtt_properties import properties_to_json
 
 log = logging.getLogger("ecotel.trace.record")
@@ -42,6 +52,8 @@ class RecordStats:
     reconnects: int = 0
     subscribed: int = 0
     """Times the filters were subscribed (1 + successful reconnects)."""
+    copies_skipped: int = 0
+    """Second copies of a message (overlapping filters) and retained copies after a reconnect."""
     files: list[Path] = field(default_factory=list)
 
 
@@ -55,6 +67,7 @@ class _RotatingWriter:
         self.rotating = options.rotate_bytes is not None or options.rotate_s is not None
         self.part = 0
         self.writer: TraceWriter | None = None
+        self.granted_note: str | None = None
         self._lock = asyncio.Lock()
 
     def _path(self) -> Path:
@@ -67,7 +80,7 @@ class _RotatingWriter:
             filters=self.options.filters,
             started_at=datetime.now(UTC),
             part=self.part if self.rotating else None,
-            note=self.options.note,
+            note="; ".join(n for n in (self.options.note, self.granted_note) if n) or None,
         )
         writer = TraceWriter(self._path(), header, append=self.options.append)
         if writer.repaired_lines is not None:
@@ -80,7 +93,9 @@ class _RotatingWriter:
         self.stats.files.append(writer.path)
         return writer
 
-    async def open(self) -> None:
+    async def open(self, granted_note: str | None = None) -> None:
+        """The first part; ``granted_note`` (what the broker granted less) goes in every header."""
+        self.granted_note = granted_note
         self.writer = await asyncio.to_thread(self._open)
 
     def write(self, record: TraceRecord) -> None:
@@ -140,8 +155,16 @@ def to_record(message: aiomqtt.Message, t_us: int) -> TraceRecord:
         payload=bytes(payload),
         qos=message.qos,
         retain=bool(message.retain),
-        props=properties_to_json(message.properties),
+        props=_published_properties(message),
     )
+
+
+def _published_properties(message: aiomqtt.Message) -> JsonDict | None:
+    """The publisher's properties: the subscription identifiers are the recorder's own."""
+    props = properties_to_json(message.properties)
+    if props is not None:
+        props.pop("SubscriptionIdentifier", None)
+    return props or None
 
 
 async def record(
@@ -169,9 +192,13 @@ async def record(
                 async with make_client(
                     broker, version=options.version, purpose="record", context=context
                 ) as client:
-                    if writer.writer is None:
-                        # Only once connected: a refused connection leaves no empty trace.
-                        await writer.open()
+                    first = writer.writer is None
+                    # Subscribed before any message is consumed: none is lost meanwhile.
+                    subs = await _subscribe(client, options, again=not first)
+                    if first:
+                        # Only once subscribed: a refused connection or filter leaves no
+                        # empty trace.
+                        await writer.open(subs.note())
                         flusher = asyncio.create_task(
                             _flush_every(writer, options.flush_interval_s)
                         )
@@ -180,7 +207,6 @@ async def record(
                             "reconnected after the broker link was lost: messages "
                             "published in between are not in this trace"
                         )
-                    await _subscribe(client, options)
                     stats.subscribed += 1
                     delay = 0.5
                     if subscribed is not None:
@@ -191,7 +217,7 @@ async def record(
                         broker_url(broker),
                         options.out,
                     )
-                    if await _consume_until(client, writer, stats, options, on_record, stop):
+                    if await _consume_until(client, writer, stats, subs, on_record, stop):
                         break
             except aiomqtt.MqttError as exc:
                 if writer.writer is None:
@@ -212,28 +238,98 @@ async def record(
     return stats
 
 
-async def _subscribe(client: aiomqtt.Client, options: RecordOptions) -> None:
-    for topic in options.filters:
+class SubscriptionRefused(Exception):
+    """The broker refused a topic filter (ACL, bad filter): recording it would record nothing."""
+
+
+@dataclass
+class _Subscriptions:
+    """The filters as the broker granted them, and which delivered copies to keep."""
+
+    version: MqttVersion
+    filters: list[str]
+    granted: list[int | None]
+    """Granted QoS per filter; None where the broker refused it."""
+    again: bool
+    lowered: list[str] = field(default_factory=list)
+
+    def note(self) -> str | None:
+        return "; ".join(self.lowered) or None
+
+    def keep(self, message: aiomqtt.Message) -> bool:
+        """One copy per message, and no retained copies a re-subscription brought again."""
+        if self.again and self.version == "3.1.1" and message.retain:
+            # 3.1.1 sets retain only on what a new subscription delivers (MQTT-3.3.1-9):
+            # the broker's stored copy, not traffic (MQTT 5 asks for none: retain handling 2).
+            return False
+        if self.version != "5":
+            return True  # 3.1.1: Mosquitto sends one copy for overlapping filters
+        ids = getattr(message.properties, "SubscriptionIdentifier", None) or []
+        # MQTT 5 brokers may send one copy per matching subscription, each with its
+        # subscription's identifier: keep the one of the first granted filter that matches.
+        for number, (topic_filter, qos) in enumerate(zip(self.filters, self.granted, strict=True)):
+            if qos is not None and topic_matches_sub(topic_filter, str(message.topic)):
+                return not ids or number + 1 in ids
+        return True
+
+
+async def _subscribe(
+    client: aiomqtt.Client, options: RecordOptions, *, again: bool
+) -> _Subscriptions:
+    granted: list[int | None] = []
+    refused: list[str] = []
+    subs = _Subscriptions(options.version, options.filters, granted, again)
+    for number, topic in enumerate(options.filters, start=1):
         if options.version == "5":
-            # Retain-as-published: keep the publisher's retain flag, not only the
-            # flag of retained messages delivered at subscribe time.
-            await client.subscribe(
-                topic, options=SubscribeOptions(qos=options.qos, retainAsPublished=True)
+            props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+            props.SubscriptionIdentifier = number
+            # Retain-as-published: keep the publisher's retain flag, not only the flag of
+            # retained messages delivered at subscribe time. After a reconnect, no retained
+            # messages at all: they were recorded already, or are in the gap the note marks.
+            sub_options = SubscribeOptions(
+                qos=options.qos, retainAsPublished=True, retainHandling=2 if again else 0
             )
+            codes = await client.subscribe(topic, options=sub_options, properties=props)
         else:
-            await client.subscribe(topic, qos=options.qos)
+            codes = await client.subscribe(topic, qos=options.qos)
+        code = _code(codes[0])
+        if code >= 0x80:
+            granted.append(None)
+            refused.append(f"{topic!r} ({_reason(codes[0])})")
+            continue
+        granted.append(code)
+        if code < options.qos:
+            subs.lowered.append(
+                f"the broker granted QoS {code} for {topic!r} (asked {options.qos}): "
+                f"messages published at a higher QoS are recorded at QoS {code}"
+            )
+            log.warning("%s", subs.lowered[-1])
+    if refused:
+        why = f"the broker refused topic filter {', '.join(refused)}"
+        if not again:
+            raise SubscriptionRefused(f"{why}: nothing would be recorded for it")
+        log.error("%s after reconnecting: its messages are no longer recorded", why)
+    return subs
+
+
+def _code(code: ReasonCode | int) -> int:
+    return code if isinstance(code, int) else int(code.value)
+
+
+def _reason(code: ReasonCode | int) -> str:
+    return f"0x{_code(code):02X}" + ("" if isinstance(code, int) else f" {code}")
 
 
 async def _consume_until(
     client: aiomqtt.Client,
     writer: _RotatingWriter,
     stats: RecordStats,
-    options: RecordOptions,
+    subs: _Subscriptions,
     on_record: Callable[[TraceRecord], None] | None,
     stop: asyncio.Event,
 ) -> bool:
     """Consume until stopped or max_messages (True); a lost link raises MqttError."""
-    consumer = asyncio.create_task(_consume(client, writer, stats, options, on_record))
+    consumer = asyncio.create_task(_consume(client, writer, stats, subs, on_record))
     stopper = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -251,10 +347,14 @@ async def _consume(
     client: aiomqtt.Client,
     writer: _RotatingWriter,
     stats: RecordStats,
-    options: RecordOptions,
+    subs: _Subscriptions,
     on_record: Callable[[TraceRecord], None] | None,
 ) -> None:
+    options = writer.options
     async for message in client.messages:
+        if not subs.keep(message):
+            stats.copies_skipped += 1
+            continue
         rec = to_record(message, time.time_ns() // 1000)
         writer.write(rec)
         stats.messages += 1
