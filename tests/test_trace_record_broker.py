@@ -71,7 +71,7 @@ async def test_overlapping_filters_record_each_message_once(
 ) -> None:
     top = f"ov{uuid.uuid4().hex[:6]}"
     out = tmp_path / "ov.trace.gz"
-    filters = [f"{top}/#", f"{top}/x/a", f"{top}/+/a"]
+    filters = [f"{top}/#", f"{top}/x/a", f"{top}/+/a", f"{top}/#"]
     options = RecordOptions(filters=filters, out=out, version=version)
     sent = [(f"{top}/x/a", b"1"), (f"{top}/y/b", b"2"), (f"{top}/z/a", b"3"), (f"{top}/x/a", b"4")]
     async with (

@@ -278,8 +278,10 @@ async def _subscribe(
 ) -> _Subscriptions:
     granted: list[int | None] = []
     refused: list[str] = []
-    subs = _Subscriptions(options.version, options.filters, granted, again)
-    for number, topic in enumerate(options.filters, start=1):
+    # A filter given twice is one subscription (the second SUBSCRIBE replaces the first).
+    filters = list(dict.fromkeys(options.filters))
+    subs = _Subscriptions(options.version, filters, granted, again)
+    for number, topic in enumerate(filters, start=1):
         if options.version == "5":
             props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
             props.SubscriptionIdentifier = number
