@@ -16,9 +16,12 @@ import contextlib
 import ssl
 import struct
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from collector.config import BrokerSettings
 from deploy.traces.broker import MqttVersion
@@ -28,10 +31,28 @@ _PUBACK, _PUBREC, _PUBREL, _PUBCOMP, _PINGRESP = 4, 5, 6, 7, 13
 # Write once this much is queued, so a fast replay makes few large writes.
 _WRITE_BYTES = 64 * 1024
 _BUFFER_HIGH = 1024 * 1024
+# How long closing waits for a broker that stopped reading (frozen, overloaded) before aborting.
+_CLOSE_S = 2.0
+_CONNACK_S = 10.0
+
+T = TypeVar("T")
 
 
 class PublishError(Exception):
     """The broker refused the connection, or the link broke during the replay."""
+
+
+class Stopped(Exception):
+    """The stop event was set while waiting on the broker (window full, socket not draining)."""
+
+
+def reason_name(code: int) -> str:
+    """An MQTT 5 reason code's name; Mosquitto answers PUBLISH with codes (0x95) that the spec
+    lists only for DISCONNECT, so that list is the fallback."""
+    for kind in (PacketTypes.PUBACK, PacketTypes.DISCONNECT):
+        with contextlib.suppress(ValueError):
+            return str(ReasonCode(kind, identifier=code).getName())
+    return "unknown reason"
 
 
 def _packed(props: Properties | None) -> bytes:
@@ -41,7 +62,10 @@ def _packed(props: Properties | None) -> bytes:
 
 
 class FramePublisher:
-    """One MQTT connection; at most ``window`` QoS 1/2 publishes unacknowledged."""
+    """One MQTT connection; at most ``window`` QoS 1/2 publishes unacknowledged.
+
+    Waits on the broker end with ``Stopped`` once ``stop`` is set, however stuck the broker is.
+    """
 
     def __init__(
         self,
@@ -51,7 +75,10 @@ class FramePublisher:
         context: ssl.SSLContext | None,
         window: int,
         purpose: str = "replay",
+        stop: asyncio.Event | None = None,
     ) -> None:
+        if window < 1:
+            raise ValueError(f"window {window}: at least 1 message must be allowed in flight")
         self.broker = broker
         self.version = version
         self.context = context
@@ -59,6 +86,15 @@ class FramePublisher:
         self.client_id = broker.client_id or f"ecotel-trace-{purpose}-{uuid.uuid4().hex[:8]}"
         self.published = 0
         self._unacked: set[int] = set()
+        # (index, topic) per packet id in flight: a refusal names the message, not the id.
+        self._names: dict[int, tuple[int, str]] = {}
+        self.max_packet: int | None = None
+        """The broker's MQTT 5 Maximum Packet Size, when its CONNACK gives one."""
+        self._stop = stop
+        self._stopped = False
+        # A QoS 2 message's packet id until its PUBREL is written: the next message waits for it.
+        self._releasing: int | None = None
+        self._released = asyncio.Event()
         self._next_id = 0
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -93,8 +129,20 @@ class FramePublisher:
                 version=5 if self.version == "5" else 4,
             )
         )
-        async with asyncio.timeout(10):
-            kind, body = await self._read_packet()
+        try:
+            async with asyncio.timeout(_CONNACK_S):
+                kind, body = await self._read_packet()
+        except TimeoutError:
+            self._writer.transport.abort()
+            raise PublishError(
+                f"{broker.host}:{broker.port} did not answer CONNECT within {_CONNACK_S:.0f} s "
+                "(not an MQTT broker, or a stuck one?)"
+            ) from None
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self._writer.transport.abort()
+            raise PublishError(
+                f"{broker.host}:{broker.port} closed the link before answering CONNECT ({exc!r})"
+            ) from None
         if kind != 2:
             raise PublishError(f"the broker answered CONNECT with packet type {kind}")
         code = body[1]
@@ -107,25 +155,48 @@ class FramePublisher:
             if isinstance(limit, int) and limit > 0:
                 # An MQTT 5 broker disconnects a client that exceeds its receive maximum.
                 self.window = min(self.window, limit)
+            biggest = getattr(props, "MaximumPacketSize", None)
+            if isinstance(biggest, int) and biggest > 0:
+                # ... and one that sends a larger packet: check before sending, naming the message.
+                self.max_packet = biggest
         self._room.set()
         self._idle.set()
         self._tasks = [
             asyncio.create_task(self._read_acks()),
             asyncio.create_task(self._ping()),
         ]
+        if self._stop is not None:
+            self._tasks.append(asyncio.create_task(self._watch_stop(self._stop)))
         return self
+
+    async def _watch_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stopped = True
+        # Wake every wait on the broker; each one then sees _stopped.
+        self._room.set()
+        self._idle.set()
+        self._released.set()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._stopped:
+            raise Stopped
 
     async def __aexit__(self, *exc: object) -> None:
         for task in self._tasks:
             task.cancel()
         if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._flush()
-                self._writer.write(b"\xe0\x00")
-                await self._writer.drain()
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
+            try:
+                # A broker that stopped reading must not hold the exit (Ctrl-C) for ever.
+                async with asyncio.timeout(_CLOSE_S):
+                    self._flush()
+                    self._writer.write(b"\xe0\x00")
+                    await self._writer.drain()
+                    self._writer.close()
+                    await self._writer.wait_closed()
+            except Exception:
+                self._writer.transport.abort()
 
     async def _read_packet(self) -> tuple[int, bytes]:
         assert self._reader is not None
@@ -153,6 +224,8 @@ class FramePublisher:
                         self._done(mid, body)
                     else:
                         self._writer.write(b"\x62\x02" + body[:2])
+                    if mid == self._releasing:
+                        self._released.set()
                 elif kind == 14:
                     raise PublishError(f"the broker disconnected us (reason {body[:1].hex()})")
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -162,9 +235,17 @@ class FramePublisher:
 
     def _done(self, mid: int, body: bytes) -> None:
         if self.version == "5" and len(body) > 2 and body[2] >= 0x80:
-            self._fail(PublishError(f"the broker refused message {mid} (reason {body[2]:#x})"))
+            index, topic = self._names.get(mid, (0, "?"))
+            code = body[2]
+            self._fail(
+                PublishError(
+                    f"the broker refused message {index} of the trace (topic {topic}, packet id "
+                    f"{mid}): reason {code:#x}, {reason_name(code)}"
+                )
+            )
             return
         self._unacked.discard(mid)
+        self._names.pop(mid, None)
         self.published += 1
         if len(self._unacked) < self.window:
             self._room.set()
@@ -172,9 +253,11 @@ class FramePublisher:
             self._idle.set()
 
     def _fail(self, error: PublishError) -> None:
-        self._error = error
+        if self._error is None:
+            self._error = error
         self._room.set()
         self._idle.set()
+        self._released.set()
 
     async def _ping(self) -> None:
         while True:
@@ -189,33 +272,60 @@ class FramePublisher:
                 return self._next_id
 
     async def publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool, props: Properties | None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        props: Properties | None,
+        *,
+        index: int = 0,
     ) -> None:
-        """Queue one message; waits while the window is full. Call ``flush`` or ``drain`` after."""
-        if self._error is not None:
-            raise self._error
+        """Queue one message (``index``: its place in the trace, for errors); waits while the
+        window is full. Call ``flush`` or ``drain`` after.
+
+        A QoS 2 message is written and released (PUBREC, PUBREL) before this returns: the broker
+        passes it on at PUBREL, so a later message sent earlier would overtake it.
+        """
+        self._check()
         while qos and len(self._unacked) >= self.window:
             self._flush()
             self._room.clear()
             await self._room.wait()
-            if self._error is not None:
-                raise self._error
+            self._check()
         variable = utf8(topic)
+        mid = 0
         if qos:
             mid = self._packet_id()
-            self._unacked.add(mid)
-            self._idle.clear()
             variable += struct.pack("!H", mid)
-        else:
-            self.published += 1
         if self.version == "5":
             variable += _packed(props)
         head = 0x30 | (qos << 1) | (1 if retain else 0)
         length = len(variable) + len(payload)
-        self._out.append(bytes([head]) + remaining_length(length) + variable)
+        fixed = bytes([head]) + remaining_length(length)
+        if self.max_packet is not None and len(fixed) + length > self.max_packet:
+            raise PublishError(
+                f"message {index} of the trace (topic {topic}) is a {len(fixed) + length:,}-byte "
+                f"packet, more than the broker takes (its maximum packet size, "
+                f"{self.max_packet:,} bytes); not sent, and nothing after it"
+            )
+        if qos:
+            self._unacked.add(mid)
+            self._names[mid] = (index, topic)
+            self._idle.clear()
+        else:
+            self.published += 1
+        self._out.append(fixed + variable)
         self._out.append(payload)
         self._out_bytes += length + 5
-        if self._out_bytes >= _WRITE_BYTES:
+        if qos == 2:
+            self._releasing = mid
+            self._released.clear()
+            await self.flush()
+            await self._released.wait()
+            self._releasing = None
+            self._check()
+        elif self._out_bytes >= _WRITE_BYTES:
             # Let the transport push the bytes before we queue more.
             await self.flush()
 
@@ -230,15 +340,32 @@ class FramePublisher:
         self._flush()
         if self._writer is not None:
             try:
-                await self._writer.drain()
+                low, _ = self._writer.transport.get_write_buffer_limits()
+                if self._writer.transport.get_write_buffer_size() <= low:
+                    await self._writer.drain()  # not paused: returns at once
+                else:
+                    await self._unless_stopped(self._writer.drain())
             except OSError as exc:
                 self._fail(PublishError(f"the broker link broke: {exc!r}"))
-        if self._error is not None:
-            raise self._error
+        self._check()
+
+    async def _unless_stopped(self, waiting: Awaitable[T]) -> T:
+        """``waiting``'s result, or ``Stopped`` as soon as the stop event is set."""
+        task = asyncio.ensure_future(waiting)
+        if self._stop is None:
+            return await task
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            raise Stopped
+        return task.result()
 
     async def drain(self) -> None:
         """Return once every QoS 1/2 message is acknowledged and everything is written."""
         await self.flush()
         await self._idle.wait()
-        if self._error is not None:
-            raise self._error
+        self._check()

@@ -1,14 +1,18 @@
-"""Replay-time changes to a message: map sites and gateways onto others, shift the readings' own times."""
+"""Replay-time changes to a message: map sites and gateways onto others, move the readings' own times."""
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from collector import wire
 
 # Times before this are an unset gateway clock (1970): a fault worth keeping, never shifted.
 _UNSET_CLOCK = datetime(2000, 1, 1, tzinfo=UTC)
+
+Retime = Callable[[datetime], datetime]
+"""Maps a time in the trace onto the replay's clock (the same function for every message)."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,11 @@ class Rewrite:
             topic = f"{wire.TOPIC_ROOT}/{self.sites.get(site, site)}/{self.gateways.get(gateway, gateway)}/{leaf}"
         return topic
 
-    def payload(self, payload: bytes, shift: timedelta) -> bytes:
-        """The payload with names mapped and times shifted; bytes that are not a JSON object pass unchanged."""
+    def payload(self, payload: bytes, retime: Retime | None = None) -> bytes:
+        """The payload with names mapped and times moved by ``retime`` (when re-stamping).
+
+        Bytes that are not a JSON object pass unchanged.
+        """
         if not self.changes_payload:
             return payload
         try:
@@ -57,26 +64,26 @@ class Rewrite:
             if isinstance(value, str) and value in mapping:
                 body[key] = mapping[value]
                 changed = True
-        if self.restamp and shift:
-            changed |= _shift_times(body, shift)
+        if self.restamp and retime is not None:
+            changed |= _retime_all(body, retime)
         if not changed:
             return payload
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _shift_times(body: dict[str, Any], shift: timedelta) -> bool:
+def _retime_all(body: dict[str, Any], retime: Retime) -> bool:
     changed = False
     for key in ("sent_at", "at"):
-        changed |= _shift_key(body, key, shift)
+        changed |= _retime_key(body, key, retime)
     readings = body.get("readings")
     if isinstance(readings, list):
         for reading in readings:
             if isinstance(reading, dict):
-                changed |= _shift_key(reading, "time", shift)
+                changed |= _retime_key(reading, "time", retime)
     return changed
 
 
-def _shift_key(obj: dict[str, Any], key: str, shift: timedelta) -> bool:
+def _retime_key(obj: dict[str, Any], key: str, retime: Retime) -> bool:
     value = obj.get(key)
     if not isinstance(value, str):
         return False
@@ -86,7 +93,10 @@ def _shift_key(obj: dict[str, Any], key: str, shift: timedelta) -> bool:
         return False
     if moment.tzinfo is None or moment < _UNSET_CLOCK:
         return False
-    obj[key] = format_time(moment + shift)
+    new = format_time(retime(moment))
+    if new == value:
+        return False
+    obj[key] = new
     return True
 
 
