@@ -137,7 +137,7 @@ async def test_rotation_by_size_writes_numbered_parts_with_headers(
             await _publish(mosquitto.port, sent[start : start + 5])
             await asyncio.sleep(0.1)
     assert len(stats.files) >= 3
-    assert stats.files[0].name == "field-0001.trace.gz"
+    assert stats.files[0].name == "field-000001.trace.gz"
     back, read = load_trace(sorted(stats.files))
     assert [(r.topic, r.payload) for r in back] == sent
     assert [h.part for h in read.headers] == list(range(1, len(stats.files) + 1))

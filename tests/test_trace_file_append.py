@@ -2,6 +2,7 @@
 readable, in recording order."""
 
 import asyncio
+import itertools
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deploy.servers import MosquittoServer
-from deploy.traces.file_format import TraceHeader, TraceRecord, TraceWriter, load_trace
+from deploy.traces.file_format import TraceHeader, TraceRecord, TraceWriter, load_trace, part_path
 
 CLI = [sys.executable, "-m", "deploy.traces"]
 HEADER = TraceHeader(
@@ -105,3 +106,62 @@ def test_appending_after_a_cut_anywhere_loses_no_whole_line(
     assert stats.truncated == []
     assert back == readable + _records(3, start=100)
     assert stats.headers[-1].broker == "mqtt://new"
+
+
+async def _run(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+def _parts(folder: Path) -> list[Path]:
+    return sorted(folder.glob("ra-*.trace.gz"))
+
+
+@pytest.mark.slow
+async def test_append_with_rotation_continues_the_part_numbers(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "ra.trace.gz"
+    args = ["record", "--port", str(mosquitto.port), "-t", "ra/#", "-o", str(out)]
+    args += ["--rotate-s", "0.5", "--duration", "2.5"]
+    stop = asyncio.Event()
+
+    async def publish() -> None:
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
+            for n in itertools.count():
+                await client.publish("ra/n", str(n).encode(), qos=1)
+                if stop.is_set():
+                    return
+                await asyncio.sleep(0.05)
+
+    publisher = asyncio.create_task(publish())
+    try:
+        rc, said = await _run(*args)
+        assert rc == 0, said
+        first = _parts(tmp_path)
+        assert len(first) >= 2, said
+        rc, said = await _run(*args)
+        assert rc == 2, "without --append the parts on disk are not overwritten or mixed"
+        assert f"{first[-1]} exists (part {len(first)}); pass --append" in said
+        rc, said = await _run(*args, "--append")
+        assert rc == 0, said
+    finally:
+        stop.set()
+        await publisher
+    parts = _parts(tmp_path)
+    assert parts[: len(first)] == first
+    assert len(parts) > len(first)
+    back, stats = load_trace(parts)
+    numbers = [int(r.payload) for r in back]
+    assert numbers == sorted(numbers), "read in name order, the parts go forward in time"
+    assert [h.part for h in stats.headers] == list(range(1, len(parts) + 1))
+
+
+def test_part_names_sort_in_part_order() -> None:
+    names = [part_path(Path("site.trace.gz"), n).name for n in range(1, 12_001)]
+    assert names[0] == "site-000001.trace.gz"
+    assert sorted(names) == names

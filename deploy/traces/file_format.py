@@ -2,9 +2,11 @@
 
 import base64
 import contextlib
+import glob
 import gzip
 import json
 import os
+import re
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -226,12 +228,33 @@ class TraceWriter:
         self.close()
 
 
-def part_path(path: Path, part: int) -> Path:
-    """``site.trace.gz`` part 3 -> ``site-0003.trace.gz`` (names that sort in recording order)."""
+PART_DIGITS = 6
+"""Part numbers are zero-padded to this: names sort in recording order up to 999,999 parts."""
+
+
+def _stem_suffix(path: Path) -> tuple[str, str]:
     name = path.name
-    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else path.stem
-    suffix = SUFFIX if name.endswith(SUFFIX) else path.suffix
-    return path.with_name(f"{stem}-{part:04d}{suffix}")
+    if name.endswith(SUFFIX):
+        return name[: -len(SUFFIX)], SUFFIX
+    return path.stem, path.suffix
+
+
+def part_path(path: Path, part: int, digits: int = PART_DIGITS) -> Path:
+    """``site.trace.gz`` part 3 -> ``site-000003.trace.gz`` (names that sort in recording order)."""
+    stem, suffix = _stem_suffix(path)
+    return path.with_name(f"{stem}-{part:0{digits}d}{suffix}")
+
+
+def existing_parts(path: Path) -> list[tuple[int, int, Path]]:
+    """The numbered parts of ``path`` on disk as (number, digits, path), by part number."""
+    stem, suffix = _stem_suffix(path)
+    pattern = re.compile(rf"{re.escape(stem)}-(\d+){re.escape(suffix)}")
+    found = []
+    for candidate in path.parent.glob(f"{glob.escape(stem)}-*{glob.escape(suffix)}"):
+        match = pattern.fullmatch(candidate.name)
+        if match:
+            found.append((int(match.group(1)), len(match.group(1)), candidate))
+    return sorted(found)
 
 
 def complete_end(path: Path) -> tuple[int, bytes | None]:

@@ -19,10 +19,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from collector.config import BrokerSettings
 from deploy.traces.broker import MqttVersion, broker_url, client_tls, make_client
 from deploy.traces.file_format import (
+    PART_DIGITS,
     JsonDict,
+    TraceError,
     TraceHeader,
     TraceRecord,
     TraceWriter,
+    existing_parts,
     part_path,
 )
 from deploy.traces.mqtt_properties import properties_to_json
@@ -66,14 +69,40 @@ class _RotatingWriter:
         self.stats = stats
         self.rotating = options.rotate_bytes is not None or options.rotate_s is not None
         self.part = 0
+        self.digits = PART_DIGITS
         self.writer: TraceWriter | None = None
         self.granted_note: str | None = None
         self._lock = asyncio.Lock()
 
     def _path(self) -> Path:
-        return part_path(self.options.out, self.part) if self.rotating else self.options.out
+        if not self.rotating:
+            return self.options.out
+        if self.part == 10**self.digits:
+            log.warning(
+                "part %d: from here on part names no longer sort in recording order "
+                "(sort them by number: ls -v)",
+                self.part,
+            )
+        return part_path(self.options.out, self.part, self.digits)
+
+    def _continue_parts(self) -> None:
+        """Number after the parts on disk: --append continues them, else they are refused."""
+        parts = existing_parts(self.options.out)
+        if not parts:
+            return
+        last, digits, path = parts[-1]
+        if not self.options.append:
+            raise TraceError(
+                f"{path} exists (part {last}); pass --append to continue after it, "
+                "or choose another name"
+            )
+        self.part = last
+        # Keep the set's padding (older versions wrote 4 digits) so its names sort.
+        self.digits = digits
 
     def _open(self) -> TraceWriter:
+        if self.rotating and self.part == 0:
+            self._continue_parts()
         self.part += 1
         header = TraceHeader(
             broker=self.broker,
