@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deploy.servers import MosquittoServer
-from deploy.traces.file_format import TraceHeader, TraceRecord, TraceWriter, load_trace, part_path
+from deploy.traces.file_format import (
+    TraceError,
+    TraceHeader,
+    TraceRecord,
+    TraceWriter,
+    load_trace,
+    part_path,
+)
 
 CLI = [sys.executable, "-m", "deploy.traces"]
 HEADER = TraceHeader(
@@ -81,6 +88,15 @@ async def test_append_onto_a_cut_trace_keeps_old_lines_and_new_messages(
     assert "cut gzip member" in err, "the repair is said"
 
 
+def _readable(path: Path) -> list[TraceRecord]:
+    try:
+        return load_trace([path])[0]
+    except TraceError as exc:
+        if "not an ecotel trace" not in str(exc):
+            raise
+        return []  # cut before its header line ended
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -97,7 +113,7 @@ def test_appending_after_a_cut_anywhere_loses_no_whole_line(
             writer.write(rec)
     whole = path.read_bytes()
     path.write_bytes(whole[: int(len(whole) * cut)])
-    readable, _ = load_trace([path])
+    readable = _readable(path)
     second = TraceHeader(broker="mqtt://new", filters=["#"], started_at=datetime.now(UTC))
     with TraceWriter(path, second, append=True) as writer:
         for rec in _records(3, start=100):

@@ -22,7 +22,10 @@ from deploy.traces.file_format import (
     ReadStats,
     TraceError,
     TraceHeader,
+    TraceRecord,
+    TraceWriter,
     load_trace,
+    read_items,
     read_trace,
     write_trace,
 )
@@ -31,7 +34,7 @@ from deploy.traces.inspect import render, summarise
 from deploy.traces.record import RecordOptions, SubscriptionRefused, record
 from deploy.traces.replay import ReplayOptions, ReplayProgress, replay
 from deploy.traces.rewrite import Rewrite, parse_mapping
-from deploy.traces.trim import parse_when, trim
+from deploy.traces.trim import parse_when, trim_items
 
 PASSWORD_ENV = "ECOTEL_TRACE_PASSWORD"
 
@@ -287,6 +290,9 @@ def _import(args: argparse.Namespace) -> int:
     # scapy takes a second to import: only this command pays for it.
     from deploy.traces.pcap_import import CaptureError, import_capture
 
+    if args.out.exists():
+        # Before parsing the capture, which may take minutes: import never adds to a trace.
+        raise TraceError(f"{args.out} exists; choose another name for the imported trace")
     try:
         records, stats = import_capture(
             args.capture,
@@ -337,22 +343,45 @@ def _trim(args: argparse.Namespace) -> int:
     if args.out.exists():
         # Before reading the input, which may be large: trim never adds to or overwrites a trace.
         raise TraceError(f"{args.out} exists; choose another name for the trimmed trace")
-    records, stats = load_trace(args.traces)
+    stats = ReadStats()
+    items = list(read_items(args.traces, stats))
+    records = [item for item in items if isinstance(item, TraceRecord)]
+    for path in stats.truncated:
+        print(
+            f"warning: {path} ends in a truncated member (recorder killed?): its whole lines "
+            f"were read; the trimmed trace's header says so",
+            file=sys.stderr,
+        )
     first = records[0].t_us if records else 0
     start_us = parse_when(args.start, first) if args.start else None
     end_us = parse_when(args.end, first) if args.end else None
     if start_us is not None and end_us is not None and end_us <= start_us:
         raise TraceError(f"--to {args.end} is not after --from {args.start}: nothing to keep")
-    kept = list(trim(records, start_us=start_us, end_us=end_us, topics=args.topic))
+    kept = list(trim_items(items, start_us=start_us, end_us=end_us, topics=args.topic))
+    kept_records = [item for item in kept if isinstance(item, TraceRecord)]
     base = stats.headers[0] if stats.headers else None
+    note = (
+        f"trimmed from {', '.join(p.name for p in args.traces)}"
+        f" (from {args.start or 'start'} to {args.end or 'end'})"
+    )
+    if stats.truncated:
+        note += (
+            f"; {', '.join(p.name for p in stats.truncated)} ended in a truncated member: "
+            "what was cut off is not here"
+        )
     header = TraceHeader(
         broker=base.broker if base else "unknown",
         filters=args.topic or (base.filters if base else ["#"]),
-        started_at=kept[0].arrived if kept else datetime.now(UTC),
+        started_at=kept_records[0].arrived if kept_records else datetime.now(UTC),
         source="trim",
-        note=f"trimmed from {', '.join(p.name for p in args.traces)}"
-        f" (from {args.start or 'start'} to {args.end or 'end'})",
+        note=note,
     )
-    write_trace(args.out, header, kept)
-    print(f"kept {len(kept):,} of {len(records):,} messages in {args.out}")
+    with TraceWriter(args.out, header) as writer:
+        for item in kept:
+            # The sessions' own headers stay where they were: their notes, reconnect gaps.
+            if isinstance(item, TraceHeader):
+                writer.buffer_header(item)
+            else:
+                writer.write(item)
+    print(f"kept {len(kept_records):,} of {len(records):,} messages in {args.out}")
     return 0

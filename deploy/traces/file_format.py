@@ -329,8 +329,10 @@ def _lines(path: Path, stats: ReadStats) -> Iterator[bytes]:
         stats.truncated.append(path)
 
 
-def read_trace(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterator[TraceRecord]:
-    """Every record of the files, in file order; headers and truncation go to ``stats``."""
+def read_items(
+    paths: Iterable[Path], stats: ReadStats | None = None
+) -> Iterator[TraceHeader | TraceRecord]:
+    """Headers and records of the files in file order; headers and truncation also go to ``stats``."""
     stats = stats if stats is not None else ReadStats()
     for path in paths:
         first = True
@@ -340,7 +342,9 @@ def read_trace(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterato
             try:
                 line = json.loads(raw)
                 if "ecotel_trace" in line:
-                    stats.headers.append(TraceHeader.from_json(line))
+                    header = TraceHeader.from_json(line)
+                    stats.headers.append(header)
+                    yield header
                 elif first:
                     raise TraceError("the first line is not a trace header")
                 else:
@@ -348,6 +352,23 @@ def read_trace(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterato
             except (ValueError, KeyError, TypeError) as exc:
                 raise TraceError(f"{path}: line {number}: {exc}") from None
             first = False
+        if first:
+            raise TraceError(f"{path}: {_why_no_header(path, stats)}: not an ecotel trace")
+
+
+def _why_no_header(path: Path, stats: ReadStats) -> str:
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    if path in stats.truncated:
+        return "cut before its first line (the header) ended"
+    return "no header line (an empty gzip stream)"
+
+
+def read_trace(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterator[TraceRecord]:
+    """Every record of the files, in file order; headers and truncation go to ``stats``."""
+    for item in read_items(paths, stats):
+        if isinstance(item, TraceRecord):
+            yield item
 
 
 def load_trace(paths: Iterable[Path]) -> tuple[list[TraceRecord], ReadStats]:

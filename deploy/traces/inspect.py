@@ -146,10 +146,15 @@ def render(summary: TraceSummary) -> str:
             f"recorded from {h['broker']} filters {', '.join(h['filters'])} at {h['started_at']}"
             f"{part} (ecotel {h['ecotel_version']}, {h['source']})"
         )
+        if h.get("note"):
+            out.append(f"  note: {h['note']}")
     for path in summary.truncated:
         out.append(
             f"warning: {path} ends in a truncated member (recorder killed?); its whole lines were read"
         )
+    if not summary.messages:
+        out.append("empty trace: no messages")
+        return "\n".join(out)
     out.append(
         f"{summary.messages:,} messages, {summary.bytes:,} payload bytes, "
         f"{summary.span_s:.3f} s from {_iso(summary.first_us)} to {_iso(summary.last_us)}"
