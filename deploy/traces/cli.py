@@ -108,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-t", "--topic", action="append", help="topic filter, repeatable (default ecotel/v1/#)"
     )
     rec.add_argument("--qos", type=int, default=2, choices=[0, 1, 2], help="subscription QoS")
-    rec.add_argument("--append", action="store_true", help="add to an existing trace file")
+    rec.add_argument(
+        "--append",
+        action="store_true",
+        help="add a session to an existing trace file (rotating: new parts after the last one)",
+    )
     rec.add_argument("--rotate-mb", type=float, help="start a new numbered part at this size")
     rec.add_argument("--rotate-s", type=float, help="start a new numbered part this often")
     rec.add_argument("--count", type=int, help="stop after this many messages")
