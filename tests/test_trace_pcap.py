@@ -6,6 +6,7 @@ import contextlib
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from deploy.stack import StackOptions, sample_gateways
 from deploy.traces.file_format import TraceRecord, load_trace
 from deploy.traces.pcap_import import import_capture
 from deploy.traces.record import RecordOptions, recording
+from pipelines.mqtt_packets import connect_packet, packet, utf8
 
 pytestmark = pytest.mark.slow
 
@@ -211,3 +213,76 @@ async def test_capture_of_311_and_5_clients_imports_as_the_broker_delivered(tmp_
     imported, _ = load_trace([out])
     assert [_key(r) for r in imported] == [_key(r) for r in published]
     assert [r.t_us for r in imported] == [r.t_us for r in published]
+
+
+class _RawClient:
+    """A client that re-sends as a field device does after a lost link: hand-written frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, client_id: str) -> "_RawClient":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(connect_packet(client_id, 30, clean=False))
+        client = cls(reader, writer)
+        assert (await client.read())[0] == 2  # CONNACK
+        return client
+
+    async def read(self) -> tuple[int, bytes]:
+        head = (await self.reader.readexactly(2))[0] >> 4
+        # Every answer here (CONNACK, PUBACK, PUBREC, PUBCOMP) has a body of 2 bytes.
+        return head, await self.reader.readexactly(2)
+
+    async def publish(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool) -> int:
+        self.writer.write(
+            packet(
+                0x30 | (0x08 if dup else 0) | (qos << 1),
+                utf8(topic) + struct.pack("!H", mid) + payload,
+            )
+        )
+        return (await self.read())[0]
+
+    async def close(self, clean: bool) -> None:
+        if clean:
+            self.writer.write(b"\xe0\x00")
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def test_a_qos2_resend_before_pubrel_is_imported_once_and_a_qos1_resend_twice(
+    tmp_path: Path,
+) -> None:
+    capture = tmp_path / "resend.pcap"
+    heard_path = tmp_path / "heard.trace.gz"
+    async with MosquittoServer(tmp_path / "mosquitto") as broker:
+        port = broker.port
+        async with (
+            tcpdump(port, capture) as captured,
+            recording(BrokerSettings(port=port), RecordOptions(filters=["dup/#"], out=heard_path)),
+        ):
+            # PUBREC comes back, then the link drops before PUBREL: the device sends it again.
+            device = await _RawClient.connect(port, "resend-device")
+            assert await device.publish("dup/q2", b"qos2-once", 2, 7, dup=False) == 5
+            assert await device.publish("dup/q1", b"qos1-again", 1, 8, dup=False) == 4
+            await device.close(clean=False)
+            device = await _RawClient.connect(port, "resend-device")
+            assert await device.publish("dup/q2", b"qos2-once", 2, 7, dup=True) == 5
+            device.writer.write(b"\x62\x02" + struct.pack("!H", 7))  # PUBREL
+            assert (await device.read())[0] == 7  # PUBCOMP
+            assert await device.publish("dup/q1", b"qos1-again", 1, 8, dup=True) == 4
+            await device.close(clean=True)
+    if captured["dropped"]:
+        pytest.skip(f"tcpdump dropped {captured['dropped']} packets: the capture is incomplete")
+    heard, _ = load_trace([heard_path])
+    # What the broker passed on: the QoS 2 message once, the QoS 1 message each time it came.
+    assert sorted((r.topic, r.payload) for r in heard) == [
+        ("dup/q1", b"qos1-again"),
+        ("dup/q1", b"qos1-again"),
+        ("dup/q2", b"qos2-once"),
+    ]
+    published, stats = import_capture(capture, broker_ports={port}, direction="to-broker")
+    assert sorted(map(_key, published)) == sorted(map(_key, heard))
+    assert stats.qos2_resends == 1
+    delivered, _ = import_capture(capture, broker_ports={port}, direction="from-broker")
+    assert sorted(map(_key, delivered)) == sorted(map(_key, heard))
