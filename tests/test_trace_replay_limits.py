@@ -60,3 +60,32 @@ async def test_a_message_over_the_brokers_limit_is_named(
     assert "message 3 of the trace" in result.stderr, result.stderr
     assert f"topic {BIG_TOPIC}" in result.stderr
     assert why in result.stderr
+
+
+async def test_over_mqtt_311_a_link_closed_on_a_too_large_packet_names_the_largest_in_flight(
+    tmp_path: Path,
+) -> None:
+    trace = _trace(tmp_path / "big.trace.gz")
+    async with MosquittoServer(
+        tmp_path / "mosquitto", extra_config="max_packet_size 100000"
+    ) as broker:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [
+                *CLI,
+                "replay",
+                str(trace),
+                "--port",
+                str(broker.port),
+                "--max-speed",
+                "--quiet",
+                "--mqtt",
+                "3.1.1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "the broker link broke" in result.stderr
+    assert f"message 3 of the trace (topic {BIG_TOPIC}" in result.stderr, result.stderr

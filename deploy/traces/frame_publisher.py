@@ -86,8 +86,8 @@ class FramePublisher:
         self.client_id = broker.client_id or f"ecotel-trace-{purpose}-{uuid.uuid4().hex[:8]}"
         self.published = 0
         self._unacked: set[int] = set()
-        # (index, topic) per packet id in flight: a refusal names the message, not the id.
-        self._names: dict[int, tuple[int, str]] = {}
+        # (index, topic, bytes) per packet id in flight: errors name the message, not the id.
+        self._names: dict[int, tuple[int, str, int]] = {}
         self.max_packet: int | None = None
         """The broker's MQTT 5 Maximum Packet Size, when its CONNACK gives one."""
         self._stop = stop
@@ -229,13 +229,13 @@ class FramePublisher:
                 elif kind == 14:
                     raise PublishError(f"the broker disconnected us (reason {body[:1].hex()})")
         except (OSError, asyncio.IncompleteReadError) as exc:
-            self._fail(PublishError(f"the broker link broke: {exc!r}"))
+            self._fail(self._broken(exc))
         except PublishError as exc:
             self._fail(exc)
 
     def _done(self, mid: int, body: bytes) -> None:
         if self.version == "5" and len(body) > 2 and body[2] >= 0x80:
-            index, topic = self._names.get(mid, (0, "?"))
+            index, topic, _ = self._names.get(mid, (0, "?", 0))
             code = body[2]
             self._fail(
                 PublishError(
@@ -251,6 +251,19 @@ class FramePublisher:
             self._room.set()
         if not self._unacked:
             self._idle.set()
+
+    def _broken(self, exc: BaseException) -> PublishError:
+        """The link broke: name the largest message in flight, which a broker closes the link on
+        when it exceeds its max_packet_size (MQTT 3.1.1 has no way to say so)."""
+        text = f"the broker link broke: {exc!r}"
+        if self._names:
+            index, topic, size = max(self._names.values(), key=lambda name: name[2])
+            text += (
+                f"; {len(self._names):,} messages unacknowledged, the largest message {index} of "
+                f"the trace (topic {topic}, a {size:,}-byte packet): a broker closes the link on "
+                "a packet over its size limit"
+            )
+        return PublishError(text)
 
     def _fail(self, error: PublishError) -> None:
         if self._error is None:
@@ -311,7 +324,7 @@ class FramePublisher:
             )
         if qos:
             self._unacked.add(mid)
-            self._names[mid] = (index, topic)
+            self._names[mid] = (index, topic, len(fixed) + length)
             self._idle.clear()
         else:
             self.published += 1
@@ -346,7 +359,7 @@ class FramePublisher:
                 else:
                     await self._unless_stopped(self._writer.drain())
             except OSError as exc:
-                self._fail(PublishError(f"the broker link broke: {exc!r}"))
+                self._fail(self._broken(exc))
         self._check()
 
     async def _unless_stopped(self, waiting: Awaitable[T]) -> T:
