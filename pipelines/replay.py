@@ -19,7 +19,7 @@ from pipelines.derive_config import DeriveSettings
 from pipelines.derive_state import WindowKey
 from pipelines.derive_windows import keys_for_reading
 from pipelines.line_series import parse_series
-from pipelines.service import IngestService, gateway_points
+from pipelines.service import IngestService, gateway_points, parse_gateway_message
 
 log = logging.getLogger("ecotel.ingest.replay")
 
@@ -113,7 +113,10 @@ async def _replay_gateway(service: IngestService, letter: DeadLetter) -> Replaye
         # Only whole messages are kept for these topics: nothing to run through the checks.
         return Replayed(letter.id, "not_replayable", reason=letter.reason, detail=letter.detail)
     try:
-        points = gateway_points(letter.topic, letter.payload, received_at=letter.received_at)
+        message = parse_gateway_message(letter.topic, letter.payload)
+        points = gateway_points(
+            message, letter.topic, received_at=letter.received_at, status_at=None
+        )
     except MessageRejected as exc:
         return await _refused(service, letter, exc.rejection.reason, exc.rejection.detail)
     await service.store_points(points)

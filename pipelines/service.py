@@ -41,6 +41,7 @@ from pipelines.site_limits import SiteLimits
 from pipelines.spool import Spool
 from pipelines.stats import IngestStats
 from pipelines.stats_points import STATS_MEASUREMENT, stats_to_lines
+from pipelines.status_order import StatusOrder
 
 log = logging.getLogger("ecotel.ingest")
 
@@ -116,6 +117,7 @@ class IngestService:
         self._stopping = asyncio.Event()
         self._session: MqttSession | None = None
         self._dead_letters = DeadLetterStore(settings.dead_letter.path)
+        self._status_order = StatusOrder(settings.influx)
         spool = settings.spool
         self._writer = InfluxWriter(
             settings.influx,
@@ -508,14 +510,20 @@ class IngestService:
         await self._dead_letters.add_message(topic, payload, rejection.reason, rejection.detail)
 
     async def _handle_gateway(self, topic: str, payload: bytes, done: Done) -> None:
+        received_at = datetime.now(UTC)
         try:
-            points = gateway_points(topic, payload, received_at=datetime.now(UTC))
+            message = parse_gateway_message(topic, payload)
         except MessageRejected as exc:
             await self._refuse_message(topic, payload, exc.rejection)
             done()
             return
-        if topic.endswith("/status"):
+        status_at = None
+        if message.status is not None:
             self.stats.status_updates += 1
+            status_at = await self._status_order.stamp(
+                message.site, message.gateway, message.status, received_at
+            )
+        points = gateway_points(message, topic, received_at=received_at, status_at=status_at)
         await self._writer.put(points, done)
 
     async def store_points(self, points: list[Point]) -> None:
@@ -557,20 +565,26 @@ class IngestService:
             )
 
 
-def gateway_points(topic: str, payload: bytes, *, received_at: datetime) -> list[Point]:
-    """A gateway's status or health message as points, or MessageRejected (``bad_status``,
-    ``bad_health``): live messages and replayed dead letters take this one path.
+@dataclass(frozen=True)
+class GatewayMessage:
+    """A gateway's status or health message, checked."""
 
-    ``received_at`` stamps a status without a time of its own (the last will).
-    """
+    site: str
+    gateway: str
+    status: wire.GatewayStatus | None = None
+    health: wire.GatewayHealth | None = None
+
+
+def parse_gateway_message(topic: str, payload: bytes) -> GatewayMessage:
+    """A status or health message, or MessageRejected (``bad_status``, ``bad_health``): live
+    messages and replayed dead letters take this one path."""
     if topic.endswith("/status"):
         try:
             site, gateway, _ = wire.parse_topic(topic)
             status = wire.GatewayStatus.model_validate_json(payload)
         except (wire.TopicError, ValidationError) as exc:
             raise MessageRejected("bad_status", str(exc)) from None
-        line = status_to_line(site, gateway, status, received_at=received_at)
-        return [Point(line, STATUS_MEASUREMENT, topic, reading=False)]
+        return GatewayMessage(site, gateway, status=status)
     try:
         site, gateway, _ = wire.parse_topic(topic)
         health = wire.GatewayHealth.model_validate_json(payload)
@@ -578,9 +592,23 @@ def gateway_points(topic: str, payload: bytes, *, received_at: datetime) -> list
             raise ValueError(f"payload speaks for {health.site}/{health.gateway}")
     except (wire.TopicError, ValidationError, ValueError) as exc:
         raise MessageRejected("bad_health", str(exc)) from None
+    return GatewayMessage(site, gateway, health=health)
+
+
+def gateway_points(
+    message: GatewayMessage, topic: str, *, received_at: datetime, status_at: datetime | None
+) -> list[Point]:
+    """The points of a gateway's message; ``status_at`` stamps a status (StatusOrder), and
+    ``received_at`` a status without it and a health report whose clock is not trusted."""
+    site, gateway = message.site, message.gateway
+    if message.status is not None:
+        at = status_at or message.status.at or received_at
+        line = status_to_line(site, gateway, message.status, at=at)
+        return [Point(line, STATUS_MEASUREMENT, topic, reading=False)]
+    assert message.health is not None
     return [
         Point(line, HEALTH_MEASUREMENT, topic, reading=False)
-        for line in health_to_lines(site, gateway, health)
+        for line in health_to_lines(site, gateway, message.health, received_at=received_at)
     ]
 
 
