@@ -125,3 +125,21 @@ async def test_a_server_that_never_answers_connect_is_one_line_not_a_traceback(
         f"ecotel-trace: broker: 127.0.0.1:{port} did not answer CONNECT within 10 s "
         "(not an MQTT broker, or a stuck one?)"
     ]
+
+
+async def test_ctrl_c_during_a_long_gap_in_the_trace_stops_at_once(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    trace = _trace(tmp_path / "gap.trace.gz", 2, 600_000_000)  # the second message 10 min later
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "replay", str(trace), "--port", str(mosquitto.port),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    first = await asyncio.wait_for(proc.stderr.readline(), 30)
+    assert b"replayed 1/2 messages" in first, first
+    proc.send_signal(signal.SIGINT)
+    rest = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()
+    await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode == 0, rest
+    assert "stopped: replayed 1/2 messages (1 taken by the broker)" in rest, rest

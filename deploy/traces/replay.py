@@ -1,6 +1,7 @@
 """Replay: publish a trace to a broker with its original spacing, faster by a factor, or as fast as possible."""
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -16,6 +17,9 @@ from deploy.traces.mqtt_properties import properties_from_json
 from deploy.traces.rewrite import Rewrite
 
 log = logging.getLogger("ecotel.trace.replay")
+
+# Waits longer than this watch the stop event; shorter ones are plain sleeps (cheaper per message).
+_STOP_LATENCY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,13 @@ async def _publish_all(
             due = start_mono + (n * period + rec.t_us - t0) / 1e6 / scale
             if speed is not None:
                 delay = due - loop.time()
-                if delay > 0:
+                if delay > _STOP_LATENCY_S and stop is not None:
+                    # A long gap in the trace: Ctrl-C must not wait for its end.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    if stopped():
+                        break
+                elif delay > 0:
                     await asyncio.sleep(delay)
                 progress.due = due
             payload = rec.payload
