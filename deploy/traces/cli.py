@@ -15,6 +15,7 @@ from pydantic import SecretStr, ValidationError
 
 from collector.broker_link import misconfiguration
 from collector.config import BrokerSettings, TlsSettings
+from collector.log_options import add_log_level
 from collector.settings_loader import ConfigError
 from collector.stdout_pipe import reader_left
 from deploy.traces.broker import broker_from_file
@@ -91,14 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect and trim traces (docs/traces.md).",
         epilog=f"The broker password comes from the environment: {PASSWORD_ENV}.",
     )
-    parser.add_argument(
-        "--log-level",
-        default="WARNING",
-        type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        metavar="LEVEL",
-        help="DEBUG, INFO, WARNING or ERROR (default WARNING)",
-    )
+    add_log_level(parser, "WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("record", help="subscribe and write every message to a trace file")
