@@ -324,6 +324,11 @@ def _import(args: argparse.Namespace) -> int:
         )
     if stats.undecoded:
         print(f"warning: {stats.undecoded} connections are not readable MQTT (TLS? start missing?)")
+    if stats.qos2_resends:
+        print(
+            f"{stats.qos2_resends} QoS 2 re-sends before PUBREL left out "
+            "(the broker passes each on once)"
+        )
     return 0
 
 
