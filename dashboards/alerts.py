@@ -41,10 +41,11 @@ SPECS: tuple[AlertSpec, ...] = (
         uid="ecotel-gateway-offline",
         group="fleet",
         title="Gateway offline for 15 minutes",
-        # Status is written on change: look back far enough to find the last one.
+        # Status is written on change only, so the lookback costs one point per change:
+        # 400 d keeps a gateway lost for months offline (30 d let it resolve itself).
         query=f'SELECT last("online") FROM "{names.STATUS}" WHERE $timeFilter '
         f"GROUP BY {_by('site', 'gateway')}",
-        lookback_s=30 * 86_400,
+        lookback_s=limits.STATUS_LOOKBACK_D * 86_400,
         reducer="last",
         comparison="lt",
         threshold=1,
@@ -52,6 +53,28 @@ SPECS: tuple[AlertSpec, ...] = (
         summary="Gateway {{ $labels.gateway }} at {{ $labels.site }} has been offline "
         f"for {limits.OFFLINE_FOR}",
         severity="critical",
+        dashboard="ecotel-fleet",
+    ),
+    AlertSpec(
+        uid="ecotel-device-failing",
+        group="fleet",
+        title="Device read errors for 15 minutes",
+        # The gateway counts each failed read per device since its start (gateway_device_errors,
+        # in every health report): a device that stops answering while its gateway stays online
+        # shows here, where no reading of it arrives for the other rules to see. Increases are
+        # summed (non_negative_difference), so a gateway restart (count back to 0) adds nothing.
+        query=f'SELECT sum("new") FROM (SELECT non_negative_difference("errors") AS "new" '
+        f'FROM "{names.DEVICE_ERRORS}" WHERE $timeFilter GROUP BY {_by("site", "gateway", "device")}) '
+        f"GROUP BY {_by('site', 'gateway', 'device')}",
+        lookback_s=limits.DEVICE_ERRORS_WINDOW_S,
+        reducer="last",
+        comparison="gt",
+        threshold=0,
+        # Errors that kept rising for this long, not a lone failed read.
+        for_=limits.OFFLINE_FOR,
+        summary="Device {{ $labels.device }} at {{ $labels.site }} (gateway "
+        "{{ $labels.gateway }}): {{ $values.B.Value }} failed reads in the last "
+        f"{limits.DEVICE_ERRORS_WINDOW_S // 60} min, failing for {limits.OFFLINE_FOR}",
         dashboard="ecotel-fleet",
     ),
     AlertSpec(
@@ -93,6 +116,9 @@ SPECS: tuple[AlertSpec, ...] = (
         reducer="last",
         comparison="gt",
         threshold=limits.WATER_CLASS_LIMIT,
+        # Derived per sample: one outlying parameter (a spike) must not declare the river
+        # polluted; pollution lasts for more than two samples.
+        for_=limits.WATER_CLASS_HOLD,
         summary="River at {{ $labels.site }} (sonde {{ $labels.device }}) is worse than "
         "GB 3838-2002 class III",
         severity="critical",
@@ -108,6 +134,8 @@ SPECS: tuple[AlertSpec, ...] = (
         reducer="last",
         comparison="gt",
         threshold=0,
+        # Derived per reading: a spike in surface temperature alone must not close a road.
+        for_=limits.CRITICAL_HOLD,
         summary="Icing risk on the road at {{ $labels.site }} (station {{ $labels.device }})",
         severity="critical",
         dashboard="ecotel-highway",
@@ -122,6 +150,11 @@ SPECS: tuple[AlertSpec, ...] = (
         reducer="last",
         comparison="lt",
         threshold=limits.VISIBILITY_TIERS_M[-1],
+        # Held over three evaluations: a lone reading the ingest flags as a spike (30 m among
+        # 15,000 m) is the last one for one road-weather interval (two if a poll is missed),
+        # and InfluxDB 1.6 cannot filter it out (a `quality !~ /spike/` condition also drops
+        # the unflagged points, which have no quality field). Real fog persists.
+        for_=limits.CRITICAL_HOLD,
         summary="Visibility {{ $values.B.Value }} m at {{ $labels.site }} (station "
         "{{ $labels.device }}): expressway limit 60 km/h or lower (art. 81)",
         severity="critical",

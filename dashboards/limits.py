@@ -24,3 +24,18 @@ BACKLOG_MAX_AGE_S: Final = 3_600.0
 
 OFFLINE_FOR: Final = "15m"
 """A gateway offline this long is not a blip."""
+
+STATUS_LOOKBACK_D: Final = 400
+"""How far back "now" looks for a gateway's last status (written on change only, so cheap):
+a gateway lost for a year is still offline, not forgotten."""
+
+DEVICE_ERRORS_WINDOW_S: Final = 600
+"""Read errors are counted over this window (several health reports at the default 60 s)."""
+
+CRITICAL_HOLD: Final = "2m"
+"""How long a per-reading critical condition (fog, icing) must hold before it pages: past a
+lone spike at road-weather intervals of up to a minute, even with one poll missed."""
+
+WATER_CLASS_HOLD: Final = "10m"
+"""How long a water class worse than III must hold: past a lone outlying sample at sonde
+intervals of up to 5 min."""

@@ -113,7 +113,7 @@ def test_alert_rules_file_passes_the_provisioning_model() -> None:
     parsed = AlertRulesFile.model_validate(shipped)
     rules = [r for g in parsed.groups for r in g.rules]
     assert {r.uid for r in rules} == {s.uid for s in SPECS}
-    assert len(rules) == 7
+    assert len(rules) == 8
     for rule in rules:
         query = rule.data[0]
         assert query.datasourceUid == "ecotel-influxdb"

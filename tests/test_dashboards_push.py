@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dashboards.alerts import SPECS
 from dashboards.boards import all_dashboards
 from dashboards.cli import main
 
@@ -127,7 +128,7 @@ def test_dry_run_shows_everything_it_would_create_and_writes_nothing(
     assert "would create  folder ecotel" in out
     for uid in all_dashboards():
         assert f"would create  dashboard {uid}" in out
-    assert out.count("would create  alert-rule ") == 7
+    assert out.count("would create  alert-rule ") == len(SPECS)
     assert "+++ ecotel/dashboard/ecotel-fleet" in out
 
 
@@ -140,7 +141,7 @@ def test_push_creates_into_the_folder_then_is_idempotent(
     assert set(state.dashboards) == set(all_dashboards())
     assert {d["meta"]["folderUid"] for d in state.dashboards.values()} == {"ecotel"}
     assert set(state.datasources) == {"ecotel-influxdb", "ecotel-static"}
-    assert len(state.rules) == 7
+    assert len(state.rules) == len(SPECS)
     assert {r["folderUID"] for r in state.rules.values()} == {"ecotel"}
     writes = len(state.writes)
 

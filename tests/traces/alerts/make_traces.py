@@ -4,9 +4,12 @@
 
 faults.trace.gz: a gateway offline for 20 min with a backlog 1.5 h old, a polluted river
 (NH3-N 1.8 mg/L, class V), a station battery under 11.5 V for 20 min, an icy road in fog
-(-3 degC, wet, 150 m), a data center at PUE 1.5 over three days, one refused reading.
+(-3 degC, wet, 150 m), a data center at PUE 1.5 over three days, one refused reading, a lone
+turbidity spike.
 clean.trace.gz: the same at other sites, each just inside its rule: a gateway offline for
-5 min (its rule waits 15), a 30 s backlog, NH3-N 0.1, 12.8 V, a dry clear road, PUE 1.15.
+5 min (its rule waits 15), a 30 s backlog, NH3-N 0.1, 12.8 V, a dry clear road whose last
+reading is a lone 30 m visibility spike (its rule waits 2 min), PUE 1.15. Water and road
+readings every minute for 20 min.
 Times are relative to the recording; replay with re-stamping (--restamp) to make them current.
 """
 
@@ -41,6 +44,7 @@ WATER: dict[str, Any] = {
     "dissolved_oxygen": 7.9,
     "conductivity": 310,
 }
+MUDDY: dict[str, Any] = {"turbidity": 3500.0}
 ROAD: dict[str, Any] = {"water_film": 0.3, "wind_speed": 3.0}
 
 
@@ -139,7 +143,7 @@ HEALTHY = Side(
     DRY,
     8.0,
     "dry",
-    5000.0,
+    15000.0,
     COOL_DC,
     1150.0,
 )
@@ -152,10 +156,18 @@ async def publish(pub: Publisher, side: Side, now: datetime) -> None:
     await pub.status(side.station, side.gateway, "offline", "connection_lost", lost)
     await pub.health(side.station, side.gateway, now, **side.backlog)
     water = {**WATER, "turbidity": 12.0, "ammonia_nitrogen": side.ammonia}
+    # Readings every minute for 20 min: the per-reading critical rules wait past a lone one.
+    minutes = range(20, -1, -1)
     await pub.readings(
         side.station,
         side.gateway,
-        [reading("wq-1", "water_quality", now - timedelta(seconds=2), **water)],
+        [
+            reading("wq-1", "water_quality", now - timedelta(minutes=m, seconds=2), **sample)
+            for m in minutes
+            # On the faulty side the last sample a lone turbidity spike (not a class
+            # parameter), which the ingest flags spike:turbidity.
+            for sample in [water | MUDDY if side is FAULTY and m == 0 else water]
+        ],
     )
     battery: dict[str, Any] = {
         "battery_soc": 40.0,
@@ -173,7 +185,7 @@ async def publish(pub: Publisher, side: Side, now: datetime) -> None:
                 battery_voltage=side.volts,
                 **battery,
             )
-            for m in range(20, -1, -1)
+            for m in minutes
         ],
     )
     cold = side.surface < 0
@@ -184,7 +196,7 @@ async def publish(pub: Publisher, side: Side, now: datetime) -> None:
             reading(
                 "rws-1",
                 "road_weather",
-                now - timedelta(seconds=2),
+                now - timedelta(minutes=m, seconds=2),
                 **ROAD,
                 surface_temperature=side.surface,
                 surface_state=side.surface_state,
@@ -192,6 +204,7 @@ async def publish(pub: Publisher, side: Side, now: datetime) -> None:
                 air_temperature=-2.0 if cold else 10.0,
                 relative_humidity=95.0 if cold else 40.0,
             )
+            for m in minutes
         ],
     )
     # Three days of energy counters every 10 min: IT 1000 kW, facility as given.
@@ -226,6 +239,10 @@ async def faults(pub: Publisher, now: datetime) -> None:
 
 async def clean(pub: Publisher, now: datetime) -> None:
     await publish(pub, HEALTHY, now)
+    # The clear road's last reading a lone 30 m, which the ingest flags spike:visibility.
+    spike = {**ROAD, "surface_temperature": HEALTHY.surface, "surface_state": "dry"}
+    spike |= {"visibility": 30.0, "air_temperature": 10.0, "relative_humidity": 40.0}
+    await pub.readings(DRY, "rsu-1", [reading("rws-1", "road_weather", now, **spike)])
 
 
 async def make(scenario: Callable[[Publisher, datetime], Awaitable[None]], target: Path) -> None:
