@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from dashboards.boards import all_dashboards, domain_uids
-from dashboards.expand import expand, panel_queries, variable_queries
+from dashboards.expand import expand, panel_targets, variable_queries
 from pipelines.influx_query import influx_query
 
 
@@ -32,7 +32,8 @@ async def check_panels(
     skip_measurements: Collection[str] = (),
     variables: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
-    """Problems found: a panel whose query fails, returns no series, or only nulls. Empty is good.
+    """Problems found: a query that fails, a panel whose queries return no series or only nulls.
+    Empty is good.
 
     ``min_interval_ms`` is the datasource's minimum interval; it should match the
     gateways' poll interval, as the provisioned datasource's does (10 s).
@@ -50,11 +51,17 @@ async def check_panels(
             if not found:
                 problems.append(f"{uid}: variable ${name} has no values")
         chosen |= {k: list(v) for k, v in (variables or {}).items() if k in chosen}
-        for title, ref, query in panel_queries(dashboard):
+        shown: dict[int, list[str]] = {}  # panel id: its empty targets, or [] once one shows
+        for target in panel_targets(dashboard):
+            title, ref, query = target.title, target.ref, target.query
             if any(f'FROM "{m}"' in query for m in skip_measurements):
                 continue
             text = expand(
-                query, start=start, end=end, variables=chosen, min_interval_ms=min_interval_ms
+                query,
+                start=start,
+                end=end,
+                variables=chosen,
+                min_interval_ms=target.min_interval_ms or min_interval_ms,
             )
             try:
                 series = await influx_query(influx_url, text, database=database)
@@ -62,6 +69,11 @@ async def check_panels(
                 problems.append(f"{uid} / {title} [{ref}]: {exc} -- {text}")
                 continue
             values = [v for s in series for row in s.values for v in row[1:] if v is not None]
-            if not values:
-                problems.append(f"{uid} / {title} [{ref}]: no data -- {text}")
+            empty = shown.setdefault(
+                target.panel_id, [f"{uid} / {title} [{ref}]: no data -- {text}"]
+            )
+            if values:
+                empty.clear()
+        # A panel shows something when one of its targets does (spikes but no stuck gauge).
+        problems.extend(p for empty in shown.values() for p in empty[:1])
     return problems

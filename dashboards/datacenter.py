@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 
 from dashboards import limits, names
-from dashboards.panels import SERIES_FILTER, SITE_FILTER, Panel, series_panel
+from dashboards.panels import SERIES_FILTER, SITE_FILTER, Panel, above, series_panel
 
 IT_CIRCUITS = ("ups_output", "pdu_output", "it_load")
 FACILITY_CIRCUIT = "utility"
@@ -33,7 +33,8 @@ def pue_panel(window: str, label: str) -> Panel:
         alias="$tag_site",
         unit="none",
         decimals=3,
-        steps=[(None, "green"), (limits.PUE_TARGET, "red")],
+        # Red over the target, as the alert (">"): PUE exactly at the target is green.
+        steps=[(None, "green"), (above(limits.PUE_TARGET), "red")],
     )
 
 
@@ -47,6 +48,26 @@ def power_panel() -> Panel:
         'GROUP BY time($__interval), "site", "circuit" fill(none)',
         alias="$tag_site $tag_circuit",
         unit="kwatt",
+        decimals=1,
+        steps=[(None, "green")],
+    )
+
+
+def energy_panel() -> Panel:
+    """Energy per quarter hour from the ingest's interval energies, not from counter differences."""
+    return series_panel(
+        "Facility and IT energy per 15 min (kWh)",
+        "Energy used in each quarter hour on the utility feed (facility) and at the IT metering "
+        "points, as the ingest computes it for PUE (the pue measurement): counter rollovers "
+        "handled; a replaced meter, an implausible rise or a gap in the readings leaves the "
+        "quarter hour out rather than counting it as one interval's use.",
+        window_query(
+            f'"{names.FACILITY_KWH_FIELD}" AS "facility", "{names.IT_KWH_FIELD}" AS "IT"',
+            names.PUE,
+            names.QUARTER_HOUR,
+        ),
+        alias="$tag_site $col",
+        unit="kwatth",
         decimals=1,
         steps=[(None, "green")],
     )
@@ -73,6 +94,7 @@ def sections() -> list[tuple[str, Sequence[Panel]]]:
                 pue_panel(names.HOUR, "hour"),
                 pue_panel(names.DAY, "day"),
                 power_panel(),
+                energy_panel(),
                 clean_share_panel(),
             ],
         )

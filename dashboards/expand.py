@@ -7,7 +7,7 @@ exactly what Grafana would send to InfluxDB.
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 # Grafana's kbn.roundInterval: (upper bound, rounded interval), milliseconds.
 _ROUNDING = (
@@ -84,10 +84,15 @@ def expand(
     max_data_points: int = 1_000,
     min_interval_ms: int = 10_000,
 ) -> str:
-    """The query Grafana would send; ``$tag_x`` aliases and unknown names are left alone."""
+    """The query Grafana would send; ``$tag_x`` aliases and unknown names are left alone.
+
+    ``$__from`` and ``$__to`` (Grafana's global variables) are the range's ends in epoch ms.
+    """
     start_ms = int(start.timestamp() * 1000)
     end_ms = int(end.timestamp() * 1000)
     text = query.replace("$timeFilter", f"time >= {start_ms}ms and time <= {end_ms}ms")
+    for name, ms in (("__from", start_ms), ("__to", end_ms)):
+        text = text.replace(f"${{{name}}}", str(ms)).replace(f"${name}", str(ms))
     interval = interval_for(start, end, max_data_points, min_interval_ms)
     text = text.replace("$__interval_ms", str(_parse_ms(interval))).replace("$__interval", interval)
 
@@ -106,19 +111,38 @@ def _parse_ms(duration: str) -> int:
     return int(number) * sizes[unit]
 
 
+class Target(NamedTuple):
+    """One InfluxDB target of a panel, with what Grafana needs to expand it."""
+
+    panel_id: int
+    title: str
+    ref: str
+    query: str
+    min_interval_ms: int | None
+    """The panel's own min interval, which replaces the datasource's (as in Grafana)."""
+
+
 def panel_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(panel title, refId, raw query) of every target of every panel, rows included."""
-    found: list[tuple[str, str, str]] = []
+    return [(t.title, t.ref, t.query) for t in panel_targets(dashboard)]
+
+
+def panel_targets(dashboard: Mapping[str, Any]) -> list[Target]:
+    """Every InfluxDB target of every panel, rows included."""
+    found: list[Target] = []
     for panel in _panels(dashboard.get("panels", [])):
+        own = panel.get("interval")
         for target in panel.get("targets") or []:
             # Only InfluxDB targets reach InfluxDB (the map's station list is static CSV).
             if (target.get("datasource") or {}).get("type", "influxdb") != "influxdb":
                 continue
             found.append(
-                (
+                Target(
+                    int(panel.get("id", 0)),
                     str(panel.get("title", "")),
                     str(target.get("refId", "")),
                     str(target.get("query", "")),
+                    _parse_ms(str(own)) if own else None,
                 )
             )
     return found

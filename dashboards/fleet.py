@@ -4,9 +4,11 @@ from grafana_foundation_sdk.models import dashboard as model
 
 from dashboards import limits, names
 from dashboards.domain import add_sections, frame
+from dashboards.influxql import InfluxQL
 from dashboards.panels import (
     GATEWAY_FILTER,
     Panel,
+    above,
     series_panel,
     stat_panel,
     state_panel,
@@ -14,9 +16,15 @@ from dashboards.panels import (
 )
 
 UID = "ecotel-fleet"
-# Status is written on change only: "now" looks back far enough to find the last one.
-_LAST_STATUS = 'WHERE "site" =~ /^$site$/ AND "gateway" =~ /^$gateway$/ AND time > now() - 30d'
+# Status is written on change only: "now" looks back far enough to find the last one
+# (the same lookback as the offline alert), whatever the dashboard's time range.
+_LAST_STATUS = (
+    'WHERE "site" =~ /^$site$/ AND "gateway" =~ /^$gateway$/ '
+    f"AND time > now() - {limits.STATUS_LOOKBACK_D}d"
+)
 ONLINE = {0: ("offline", "red"), 1: ("online", "green")}
+_HEALTH_INTERVAL = "1m"
+_ONLINE_BUCKETS = 3
 CLOCK = {0: ("not ok", "red"), 1: ("ok", "green")}
 
 
@@ -32,6 +40,56 @@ def _site_links() -> list[tuple[str, str]]:
     ]
 
 
+def online_over_time() -> Panel:
+    """Online while health reports arrive, in every range (the status, written on change only,
+    is usually before the range, where fill(previous) cannot see it).
+
+    Buckets of at least the health interval (60 s by default: the panel's min interval); a
+    bucket is online when a report came in it or the two before it (one missed report is not an
+    outage), and the range is read from three minutes earlier so that its first buckets have
+    their two before.
+    """
+    return state_panel(
+        "Online over time",
+        "Online while the gateway's health reports arrive (every 60 s by default), offline "
+        "when none came for three minutes. A gateway with no report in the range has no row: "
+        '"Gateways now" shows its last status.',
+        f'SELECT ceil(moving_average(max("link_up"), {_ONLINE_BUCKETS})) FROM "{names.HEALTH}" '
+        'WHERE "site" =~ /^$site$/ AND "gateway" =~ /^$gateway$/ '
+        f"AND time >= ${{__from}}ms - {_ONLINE_BUCKETS}m AND time <= ${{__to}}ms "
+        'GROUP BY time($__interval), "site", "gateway" fill(0)',
+        alias="$tag_site $tag_gateway",
+        steps=[(None, "red"), (1, "green")],
+        mappings=ONLINE,
+    ).interval(_HEALTH_INTERVAL)
+
+
+def quality_flags() -> Panel:
+    """Readings the ingest flagged (docs/ingest.md, field ``quality``), per site, kind and flag."""
+    panel = series_panel(
+        "Flagged readings (quality: spike, stuck)",
+        "Readings stored with a quality flag per interval, per site and kind: spike (a jump "
+        "from the previous reading) or stuck (the same value for 10 readings and 30 min). "
+        "They are kept and drawn on the domain dashboards; alerts wait past a lone spike.",
+        _flag_query("spike"),
+        alias="$tag_site $measurement spike",
+        unit="short",
+        decimals=0,
+        steps=[(None, "green"), (1, "orange")],
+    )
+    return panel.with_target(
+        InfluxQL(_flag_query("stuck")).ref_id("B").alias("$tag_site $measurement stuck")
+    )
+
+
+def _flag_query(flag: str) -> str:
+    # Every measurement: only the readings of catalog kinds carry a quality field.
+    return (
+        f'SELECT count("quality") FROM /.*/ {GATEWAY_FILTER} AND "quality" =~ /{flag}/ '
+        'GROUP BY time($__interval), "site" fill(none)'
+    )
+
+
 def build_fleet() -> model.Dashboard:
     """Gateways (from gateway_status and gateway_health) and the ingest (ingest_stats, ingest_rejected)."""
     builder = frame(
@@ -44,8 +102,8 @@ def build_fleet() -> model.Dashboard:
     per_gateway = 'GROUP BY time($__interval), "site", "gateway" fill(none)'
     gateways: list[Panel] = [
         stat_panel(
-            "Gateways online",
-            "Gateways whose last status is online.",
+            "Gateways online now",
+            "Gateways whose last status is online, now (whatever the time range).",
             f'SELECT sum("online") FROM (SELECT last("online") AS "online" FROM "{names.STATUS}" '
             f'{_LAST_STATUS} GROUP BY "site", "gateway")',
             alias="online",
@@ -54,8 +112,9 @@ def build_fleet() -> model.Dashboard:
             steps=[(None, "green")],
         ),
         stat_panel(
-            "Gateways offline",
-            "Gateways whose last status is offline (a clean shutdown or a lost link).",
+            "Gateways offline now",
+            "Gateways whose last status is offline now, whatever the time range "
+            "(a clean shutdown or a lost link).",
             f'SELECT sum("offline") FROM (SELECT 1 - last("online") AS "offline" '
             f'FROM "{names.STATUS}" {_LAST_STATUS} GROUP BY "site", "gateway")',
             alias="offline",
@@ -65,8 +124,11 @@ def build_fleet() -> model.Dashboard:
         ),
         table_panel(
             "Gateways now (links: the site's data)",
-            "Last status of each gateway; follow a row's link to its station's data.",
-            f'SELECT last("online") AS "online", last("reason") AS "reason" FROM "{names.STATUS}" '
+            "Last status of each gateway and when it changed (whatever the time range); follow "
+            "a row's link to its station's data.",
+            # One selector: with two, InfluxQL stamps the row with the range's start, not the
+            # status point's own time.
+            f'SELECT last("online") AS "online", "reason" FROM "{names.STATUS}" '
             f'{_LAST_STATUS} GROUP BY "site", "gateway"',
             unit="none",
             decimals=0,
@@ -74,15 +136,7 @@ def build_fleet() -> model.Dashboard:
             links=_site_links(),
             span=12,
         ),
-        state_panel(
-            "Online over time",
-            "Each gateway's status (online when it connects, offline by its will or shutdown).",
-            f'SELECT last("online") FROM "{names.STATUS}" {GATEWAY_FILTER} '
-            'GROUP BY time($__interval), "site", "gateway" fill(previous)',
-            alias="$tag_site $tag_gateway",
-            steps=[(None, "red"), (1, "green")],
-            mappings=ONLINE,
-        ),
+        online_over_time(),
     ]
     buffers: list[Panel] = [
         series_panel(
@@ -101,7 +155,7 @@ def build_fleet() -> model.Dashboard:
             alias="$tag_site $tag_gateway",
             unit="s",
             decimals=0,
-            steps=[(None, "green"), (limits.BACKLOG_MAX_AGE_S, "red")],
+            steps=[(None, "green"), (above(limits.BACKLOG_MAX_AGE_S), "red")],
         ),
         state_panel(
             "Clock state",
@@ -155,5 +209,9 @@ def build_fleet() -> model.Dashboard:
             steps=[(None, "green"), (1, "orange"), (5, "red")],
         ),
     ]
-    sections = [("Gateways", gateways), ("Buffers and clocks", buffers), ("Ingest", ingest)]
+    sections = [
+        ("Gateways", gateways),
+        ("Buffers and clocks", buffers),
+        ("Ingest", [*ingest, quality_flags()]),
+    ]
     return add_sections(builder, sections).build()

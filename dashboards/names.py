@@ -19,9 +19,12 @@ DEW_POINT_FIELD: Final = "dew_point"
 # Per window (docs/analytics.md): tags site and window ("15min", "1h", "1d").
 PUE: Final = "pue"
 PUE_FIELD: Final = "pue"
+FACILITY_KWH_FIELD: Final = "facility_kwh"
+IT_KWH_FIELD: Final = "it_kwh"
 REF: Final = "ref"
 REF_FIELD: Final = "ref"
 WINDOW_TAG: Final = "window"
+QUARTER_HOUR: Final = "15min"
 HOUR: Final = "1h"
 DAY: Final = "1d"
 

@@ -1,10 +1,12 @@
 """Grafana panels: one per catalog quantity (unit, decimals, range, thresholds from the catalog), and the derived ones."""
 
+import math
 from collections.abc import Sequence
 
+from grafana_foundation_sdk.builders import common, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.models import common as common_model
 from grafana_foundation_sdk.models import dashboard as model
 
 from dashboards.influxql import DATASOURCE_TYPE, DATASOURCE_UID, InfluxQL
@@ -35,12 +37,11 @@ def group_tags(kind: type[KindValues]) -> list[str]:
 
 
 def quantity_query(kind: type[KindValues], q: QuantitySpec) -> str:
-    """The InfluxQL of one quantity's panel: a mean per interval, energy per interval for counters."""
+    """The InfluxQL of one quantity's panel: a mean per interval, the last for states and counters."""
     tags = ", ".join(f'"{t}"' for t in group_tags(kind))
-    if q.role is Role.COUNTER:
-        # A counter's level says nothing; what was used in each interval does.
-        select = f'SELECT non_negative_difference(last("{q.name}"))'
-    elif q.role is Role.STATE:
+    if q.role is Role.STATE or q.role is Role.COUNTER:
+        # A counter as read: a difference of readings would count a replaced meter's start or a
+        # gap's hours as one interval's use; per-window use is a derived figure (datacenter.py).
         select = f'SELECT last("{q.name}")'
     else:
         select = f'SELECT mean("{q.name}")'
@@ -61,12 +62,27 @@ def thresholds(steps: Sequence[Step]) -> dash.ThresholdsConfig:
     )
 
 
+def above(limit: float) -> float:
+    """Where a step for "over ``limit``" starts: Grafana colours a value by the last step at or
+    under it, so a step at the limit itself would paint the limit (pH 9.0, PUE 1.25) red."""
+    return math.nextafter(limit, math.inf)
+
+
 def quantity_steps(q: QuantitySpec) -> list[Step]:
-    """Red outside the catalog's normal range, green inside; green throughout when it has none."""
+    """Red outside the catalog's normal range, green inside (both ends included); green throughout
+    when it has none."""
     if q.normal is None:
         return [(None, "green")]
     low, high = q.normal
-    return [(None, "red"), (low, "green"), (high, "red")]
+    return [(None, "red"), (low, "green"), (above(high), "red")]
+
+
+def _drawn(panel: timeseries.Panel, steps: Sequence[Step]) -> timeseries.Panel:
+    """Thresholds drawn as lines on the graph wherever there is more than one colour."""
+    if len(steps) < 2:
+        return panel
+    style = common.GraphThresholdsStyleConfig().mode(common_model.GraphTresholdsStyleMode.LINE)
+    return panel.thresholds_style(style)
 
 
 def value_mappings(labels: dict[int, tuple[str, str]]) -> list[model.ValueMapping]:
@@ -83,7 +99,7 @@ def quantity_panel(kind: type[KindValues], q: QuantitySpec) -> Panel:
     unit_text = f" ({q.unit})" if q.unit else ""
     title = f"{q.title}{unit_text}"
     if q.role is Role.COUNTER:
-        title = f"{q.title.replace(' (cumulative)', '')} per interval{unit_text}"
+        title = f"{q.title.replace(' (cumulative)', '')} meter reading{unit_text}"
     target = InfluxQL(quantity_query(kind, q)).alias(quantity_alias(kind))
     panel: timeseries.Panel | statetimeline.Panel
     if q.role is Role.STATE:
@@ -94,7 +110,8 @@ def quantity_panel(kind: type[KindValues], q: QuantitySpec) -> Panel:
         # Fixed axes only for shares: a -60..50 degC axis would flatten every curve.
         if q.grafana_unit in _SHARE_UNITS and q.minimum is not None and q.maximum is not None:
             panel = panel.min(q.minimum).max(q.maximum)
-        panel = panel.thresholds(thresholds(quantity_steps(q)))
+        steps = quantity_steps(q)
+        panel = _drawn(panel.thresholds(thresholds(steps)), steps)
     return (
         panel.title(title)
         .description(
@@ -132,6 +149,7 @@ def series_panel(
         .height(8)
         .span(span)
     )
+    panel = _drawn(panel, steps)
     if mappings:
         panel = panel.mappings(value_mappings(mappings))
     return panel
