@@ -13,6 +13,7 @@ from collector.durable_sqlite import StoreUnusable
 from collector.log_options import add_log_level
 from collector.process_lock import InUse
 from collector.settings_loader import ConfigError
+from collector.stdout_pipe import reader_left
 from deploy.servers import ServerStartError
 from deploy.stack import StackDataMissing, StackOptions, query_stack, run_stack
 from pipelines.influx_writer import InfluxError
@@ -98,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "query":
             for line in asyncio.run(query_stack(args.data_dir, args.influxql)):
-                print(line)
+                try:
+                    print(line)
+                except BrokenPipeError:
+                    return reader_left()  # `query ... | head`
             return 0
         logging.basicConfig(
             level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
