@@ -101,10 +101,30 @@ class MqttSettings(_Section):
 
     @property
     def subscriptions(self) -> list[str]:
-        """The filters to subscribe to, in their shared form when ``shared_group`` is set."""
+        """The filters to subscribe to, in their shared form when ``shared_group`` is set.
+
+        A group's gateway statuses go to worker 0 alone, on a plain subscription: a status
+        point must be stamped after the gateway's previous status (pipelines/status_order.py),
+        which only one subscriber taking them in the broker's order can do.
+        """
         if self.shared_group is None:
             return list(self.topics)
-        return [f"{SHARE_PREFIX}{self.shared_group}/{topic}" for topic in self.topics]
+        return [
+            topic if _is_status(topic) else f"{SHARE_PREFIX}{self.shared_group}/{topic}"
+            for topic in self.topics
+            if not _is_status(topic) or self.worker in (None, 0)
+        ]
+
+    @property
+    def every_form(self) -> list[str]:
+        """Every filter a session of this client id may hold: plain and shared, as a single
+        ingest, a worker, or a worker of an earlier version had them."""
+        shared = (
+            [f"{SHARE_PREFIX}{self.shared_group}/{topic}" for topic in self.topics]
+            if self.shared_group is not None
+            else []
+        )
+        return list(dict.fromkeys([*self.topics, *shared]))
 
 
 class InfluxSettings(_Section):
@@ -389,3 +409,7 @@ def for_worker(settings: IngestSettings, worker: int) -> IngestSettings:
     if worker < 0:
         raise ValueError(f"worker number {worker} is negative")
     return settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update={"worker": worker})})
+
+
+def _is_status(topic: str) -> bool:
+    return topic.endswith("/status")

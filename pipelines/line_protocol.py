@@ -7,7 +7,7 @@ reading against ~12 us, and the ingest serialises every reading it stores.
 import types
 import typing
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cache, lru_cache
 
 from collector.wire import GatewayHealth, GatewayStatus
@@ -165,10 +165,6 @@ def _field_keys(model: type[KindValues]) -> dict[str, str]:
     return {name: f"{escape_tag(name)}=" for name in model.model_fields}
 
 
-_HEALTH_AHEAD = timedelta(minutes=10)
-"""As far as a report's time may be ahead of the ingest's clock (decode's max_future)."""
-
-
 def status_to_line(site: str, gateway: str, status: GatewayStatus, *, at: datetime) -> str:
     """A gateway's availability as a point of ``gateway_status`` (online = 1.0 or 0.0), at ``at``
     (pipelines/status_order.py: the last will carries no time, a gateway's clock may be wrong)."""
@@ -179,21 +175,16 @@ def status_to_line(site: str, gateway: str, status: GatewayStatus, *, at: dateti
     )
 
 
-def health_to_lines(
-    site: str, gateway: str, health: GatewayHealth, *, received_at: datetime
-) -> list[str]:
+def health_to_lines(site: str, gateway: str, health: GatewayHealth, *, at: datetime) -> list[str]:
     """A gateway's health as one ``gateway_health`` point, plus one ``gateway_device_errors``
-    point per device (tag ``device``, field ``errors``), all stamped with the report's time.
+    point per device (tag ``device``, field ``errors``), all stamped ``at`` (the report's own
+    time while its clock is trusted, else its arrival: pipelines/service.py).
 
-    That is the gateway's clock while the gateway trusts it (``clock_state`` ok) and it is not
-    ahead of the ingest's, else the arrival: a report of an unset clock stamped 1970 would
-    fall outside every panel's range, the very report that says the clock is wrong. An empty
-    outbox has no oldest reading: its age is written as 0, so that the backlog panel and alert
-    fall back as soon as the outbox is empty (the field left out kept the last age shown).
+    An empty outbox has no oldest reading: its age is written as 0, so that the backlog panel
+    and alert fall back as soon as the outbox is empty (the field left out kept the last age).
     """
     key = f"gateway={escape_tag(gateway)},site={escape_tag(site)}"
-    trusted = health.clock_state == "ok" and health.at <= received_at + _HEALTH_AHEAD
-    ts = timestamp_ns(health.at if trusted else received_at)
+    ts = timestamp_ns(at)
     numbers: dict[str, float | None] = {
         "uptime_s": health.uptime_s,
         "cpu_temperature_c": health.cpu_temperature_c,

@@ -115,7 +115,11 @@ async def _replay_gateway(service: IngestService, letter: DeadLetter) -> Replaye
     try:
         message = parse_gateway_message(letter.topic, letter.payload)
         points = gateway_points(
-            message, letter.topic, received_at=letter.received_at, status_at=None
+            message,
+            letter.topic,
+            received_at=letter.received_at,
+            status_at=None,
+            window=service.checks.window,
         )
     except MessageRejected as exc:
         return await _refused(service, letter, exc.rejection.reason, exc.rejection.detail)

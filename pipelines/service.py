@@ -117,7 +117,7 @@ class IngestService:
         self._stopping = asyncio.Event()
         self._session: MqttSession | None = None
         self._dead_letters = DeadLetterStore(settings.dead_letter.path)
-        self._status_order = StatusOrder(settings.influx)
+        self._status_order = StatusOrder(settings.influx, self.checks.window)
         spool = settings.spool
         self._writer = InfluxWriter(
             settings.influx,
@@ -236,6 +236,11 @@ class IngestService:
                         # but does not resubscribe is the commonest bug of the field.
                         for topic in mqtt.subscriptions:
                             await session.subscribe(topic, wire.QOS)
+                        # What the session may hold from another role (a single ingest before,
+                        # a group's shared statuses of an earlier version): not taken twice.
+                        for topic in mqtt.every_form:
+                            if topic not in mqtt.subscriptions:
+                                await session.unsubscribe(topic)
                         # Left by a retirement stopped before its end: its markers stop.
                         await session.unsubscribe(self._marker_topic)
                         if mqtt.shared_group is not None and not self._noted:
@@ -335,7 +340,7 @@ class IngestService:
             waited += _GROUP_POLL_S
         # Both forms: a worker's session has the shared filters, a single ingest's the plain
         # ones. From now on the broker queues nothing more for this session.
-        for topic in dict.fromkeys([*mqtt.subscriptions, *mqtt.topics]):
+        for topic in mqtt.every_form:
             await session.unsubscribe(topic)
         await session.subscribe(self._marker_topic, wire.QOS)
         await self._send_marker(session)
@@ -523,7 +528,9 @@ class IngestService:
             status_at = await self._status_order.stamp(
                 message.site, message.gateway, message.status, received_at
             )
-        points = gateway_points(message, topic, received_at=received_at, status_at=status_at)
+        points = gateway_points(
+            message, topic, received_at=received_at, status_at=status_at, window=self.checks.window
+        )
         await self._writer.put(points, done)
 
     async def store_points(self, points: list[Point]) -> None:
@@ -596,19 +603,28 @@ def parse_gateway_message(topic: str, payload: bytes) -> GatewayMessage:
 
 
 def gateway_points(
-    message: GatewayMessage, topic: str, *, received_at: datetime, status_at: datetime | None
+    message: GatewayMessage,
+    topic: str,
+    *,
+    received_at: datetime,
+    status_at: datetime | None,
+    window: TimeWindow,
 ) -> list[Point]:
-    """The points of a gateway's message; ``status_at`` stamps a status (StatusOrder), and
-    ``received_at`` a status without it and a health report whose clock is not trusted."""
+    """The points of a gateway's message. ``status_at`` stamps a status (StatusOrder); without
+    it, its own time or arrival. A health report has its own time while the gateway trusts its
+    clock and ``window`` takes it, else its arrival: a report of an unset clock stamped 1970
+    would fall outside every panel's range, the very report that says the clock is wrong."""
     site, gateway = message.site, message.gateway
     if message.status is not None:
         at = status_at or message.status.at or received_at
         line = status_to_line(site, gateway, message.status, at=at)
         return [Point(line, STATUS_MEASUREMENT, topic, reading=False)]
-    assert message.health is not None
+    health = message.health
+    assert health is not None
+    trusted = health.clock_state == "ok" and window.problem_at(health.at, None, received_at) is None
     return [
         Point(line, HEALTH_MEASUREMENT, topic, reading=False)
-        for line in health_to_lines(site, gateway, message.health, received_at=received_at)
+        for line in health_to_lines(site, gateway, health, at=health.at if trusted else received_at)
     ]
 
 

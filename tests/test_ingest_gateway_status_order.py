@@ -4,6 +4,7 @@ the ingest takes its last will; a health report from an unset clock lands where 
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,11 +14,11 @@ import pytest
 
 from collector import wire
 from deploy.servers import InfluxServer, MosquittoServer
-from pipelines.config import load_ingest_config
+from pipelines.config import for_worker, load_ingest_config
 from pipelines.influx_query import Series, influx_query
 from pipelines.service import IngestService
 
-SITE = "Zadoi"
+SITE = f"Zadoi-{uuid.uuid4().hex[:8]}"
 
 
 def _status(gateway: str, state: str, reason: str, at: datetime | None) -> bytes:
@@ -49,17 +50,29 @@ def _health(gateway: str, at: datetime, clock_state: str) -> bytes:
 
 @contextlib.asynccontextmanager
 async def _ingest(
-    tmp_path: Path, broker: MosquittoServer, influx: InfluxServer, database: str
+    tmp_path: Path,
+    broker: MosquittoServer,
+    influx: InfluxServer,
+    database: str,
+    *,
+    group: str | None = None,
+    worker: int | None = None,
 ) -> AsyncIterator[IngestService]:
-    config = tmp_path / "ingest.toml"
+    config = tmp_path / f"ingest-{worker}.toml"
+    # Only this test's site: the session broker holds other tests' retained statuses.
     config.write_text(
         f'[mqtt]\nport = {broker.port}\nclient_id = "ingest-{database}"\n'
-        f'[influx]\nurl = "{influx.url}"\ndatabase = "{database}"\n'
-        f'[batch]\nmax_delay_s = 0.05\n[dead_letter]\npath = "{tmp_path / "dead.sqlite3"}"\n'
+        f'topics = ["ecotel/v1/{SITE}/+/status", "ecotel/v1/{SITE}/+/health"]\n'
+        + (f'shared_group = "{group}"\n' if group else "")
+        + f'[influx]\nurl = "{influx.url}"\ndatabase = "{database}"\n'
+        f"[batch]\nmax_delay_s = 0.05\nretry_max_s = 0.5\n"
+        f'[dead_letter]\npath = "{tmp_path / f"dead-{worker}.sqlite3"}"\n'
+        f'[spool]\npath = "{tmp_path / f"spool-{worker}.sqlite3"}"\n'
         "[derive]\nenabled = false\n",
         encoding="utf-8",
     )
-    service = IngestService(load_ingest_config(config))
+    settings = load_ingest_config(config)
+    service = IngestService(settings if worker is None else for_worker(settings, worker))
     running = asyncio.create_task(service.run())
     try:
         async with asyncio.timeout(60):
@@ -208,3 +221,86 @@ async def test_a_health_report_of_an_unset_clock_is_stamped_on_arrival(
     # A trusted clock's time is kept; an empty outbox's oldest age is 0, not left out.
     assert stored["synced"] == [[int(datetime(2026, 11, 1, tzinfo=UTC).timestamp()), 0.0]]
     assert unset_age == 0.0
+
+
+@pytest.mark.slow
+async def test_influxdb_away_at_the_first_status_keeps_the_ingest_and_the_order(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    now = datetime.now(UTC)
+    topic = wire.status_topic(SITE, "away")
+    async with (
+        InfluxServer(tmp_path / "influx") as influx,
+        _ingest(tmp_path, mosquitto, influx, "away") as service,
+    ):
+        await influx.stop()
+        await _publish(
+            mosquitto.port,
+            (topic, _status("away", "offline", "connection_lost", None)),
+            (topic, _status("away", "online", "connected", now - timedelta(seconds=5))),
+        )
+        await _settled_or_spooled(service, 2)
+        await influx.start()
+        async with asyncio.timeout(60):
+            while await _states(influx.url, "away") != ["offline", "online"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+
+
+async def _settled_or_spooled(service: IngestService, statuses: int) -> None:
+    async with asyncio.timeout(30):
+        while service.stats.status_updates < statuses:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def _states(url: str, database: str) -> list[str]:
+    try:
+        series = await influx_query(url, 'SELECT "state" FROM gateway_status', database=database)
+    except Exception:
+        return []
+    return [row[1] for s in series for row in s.values]
+
+
+@pytest.mark.slow
+async def test_a_retained_status_taken_again_at_each_start_adds_no_point(
+    tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str
+) -> None:
+    now = datetime.now(UTC)
+    topic = wire.status_topic(SITE, "retained")
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
+        will = _status("retained", "offline", "connection_lost", None)
+        await client.publish(topic, will, qos=1, retain=True)
+        async with _ingest(tmp_path, mosquitto, influxdb, influx_db) as service:
+            await _settled(service, 1)
+            # A clock 5 s behind: this online is stamped after the will, once.
+            online = _status("retained", "online", "connected", now - timedelta(seconds=5))
+            await client.publish(topic, online, qos=1, retain=True)
+            await _settled(service, 2)
+    for _ in range(2):  # every start takes the retained online again
+        async with _ingest(tmp_path, mosquitto, influxdb, influx_db) as service:
+            await _settled(service, 1)
+    assert await _states(influxdb.url, influx_db) == ["offline", "online"]
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
+        await client.publish(topic, b"", qos=1, retain=True)  # the session broker's retained
+
+
+@pytest.mark.slow
+async def test_a_groups_statuses_are_stamped_in_order_by_worker_0(
+    tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str
+) -> None:
+    now = datetime.now(UTC)
+    topic = wire.status_topic(SITE, "grouped")
+    group = f"g{uuid.uuid4().hex[:6]}"
+    async with (
+        _ingest(tmp_path, mosquitto, influxdb, influx_db, group=group, worker=0) as first,
+        _ingest(tmp_path, mosquitto, influxdb, influx_db, group=group, worker=1) as second,
+    ):
+        for payload in (
+            _status("grouped", "online", "connected", now - timedelta(days=1)),
+            _status("grouped", "offline", "connection_lost", None),
+            _status("grouped", "online", "connected", now - timedelta(seconds=5)),
+        ):
+            await _publish(mosquitto.port, (topic, payload))
+            await asyncio.sleep(0.3)
+        await _settled(first, 3)
+        assert second.stats.status_updates == 0
+    assert await _last_states(influxdb.url, influx_db) == {"grouped": "online"}
