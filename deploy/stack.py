@@ -156,7 +156,7 @@ async def run_stack(options: StackOptions, stop: asyncio.Event) -> StackReport:
             ingest_task = tasks.create_task(ingest.run())
             async with asyncio.timeout(30):
                 await ingest.connected.wait()
-            # Said once the ingest and its API answer, so the lines above can be used now.
+            # Said once the ingest is connected, so the lines above can be used now.
             print(
                 "Ctrl-C stops"
                 + (f"; stopping after {options.duration_s:g} s" if options.duration_s else ""),

@@ -14,7 +14,8 @@ from collector.gateway import Gateway
 from deploy.servers import MosquittoServer
 from tests.gateway_harness import gateway_settings
 
-STALL_WARN_S = 1.5
+STALL_WARN_S = 4.0
+"""Well above a loaded machine's pause between acknowledgements (one every ~0.1 s here)."""
 
 
 async def _logged(caplog: pytest.LogCaptureFixture, words: str, seconds: float) -> str:
@@ -42,7 +43,7 @@ async def test_a_broker_that_stops_answering_is_said_and_so_is_the_recovery(
                 while gateway.stats.messages < 3:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             # Sending normally for longer than the threshold: nothing is said.
-            await asyncio.sleep(2 * STALL_WARN_S)
+            await asyncio.sleep(STALL_WARN_S + 1)
             assert not [r for r in caplog.records if "no message acknowledged" in r.getMessage()]
 
             os.kill(broker.pid, signal.SIGSTOP)
