@@ -74,7 +74,7 @@ SPECS: tuple[AlertSpec, ...] = (
         for_=limits.OFFLINE_FOR,
         summary="Device {{ $labels.device }} at {{ $labels.site }} (gateway "
         "{{ $labels.gateway }}): {{ $values.B.Value }} failed reads in the last "
-        f"{limits.DEVICE_ERRORS_WINDOW_S // 60} min, failing for {limits.OFFLINE_FOR}",
+        f"{limits.DEVICE_ERRORS_WINDOW_S // 60} min, read errors for {limits.OFFLINE_FOR}",
         dashboard="ecotel-fleet",
     ),
     AlertSpec(

@@ -2,6 +2,8 @@
 
 from collections.abc import Sequence
 
+from grafana_foundation_sdk.builders import timeseries
+
 from dashboards import limits, names
 from dashboards.panels import SERIES_FILTER, SITE_FILTER, Panel, above, series_panel
 
@@ -22,19 +24,31 @@ def window_query(select: str, measurement: str, window: str) -> str:
     )
 
 
+_WINDOW_MS = {names.QUARTER_HOUR: 900_000, names.HOUR: 3_600_000, names.DAY: 86_400_000}
+
+
+def _gaps_shown(panel: timeseries.Panel, window: str) -> timeseries.Panel:
+    """A window left out (a gap, a replaced meter) is a break in the line, not a straight line
+    to the next window's value: points further apart than one window and a tenth are not joined."""
+    return panel.insert_nulls(_WINDOW_MS[window] * 11 // 10)
+
+
 def pue_panel(window: str, label: str) -> Panel:
-    return series_panel(
-        f"PUE per {label}",
-        f"Facility (utility) energy / IT energy over each {label}, from the energy counters "
-        "(ISO/IEC 30134-2; the ingest's pue measurement). Windows with a missing, reset or "
-        f"implausible counter have no value. Each figure is drawn at its {label}'s start on "
-        f"the site's local clock. Target {limits.PUE_TARGET}.",
-        window_query(f'"{names.PUE_FIELD}"', names.PUE, window),
-        alias="$tag_site",
-        unit="none",
-        decimals=3,
-        # Red over the target, as the alert (">"): PUE exactly at the target is green.
-        steps=[(None, "green"), (above(limits.PUE_TARGET), "red")],
+    return _gaps_shown(
+        series_panel(
+            f"PUE per {label}",
+            f"Facility (utility) energy / IT energy over each {label}, from the energy counters "
+            "(ISO/IEC 30134-2; the ingest's pue measurement). Windows with a missing, reset or "
+            f"implausible counter have no value. Each figure is drawn at its {label}'s start on "
+            f"the site's local clock. Target {limits.PUE_TARGET}.",
+            window_query(f'"{names.PUE_FIELD}"', names.PUE, window),
+            alias="$tag_site",
+            unit="none",
+            decimals=3,
+            # Red over the target, as the alert (">"): PUE exactly at the target is green.
+            steps=[(None, "green"), (above(limits.PUE_TARGET), "red")],
+        ),
+        window,
     )
 
 
@@ -55,21 +69,24 @@ def power_panel() -> Panel:
 
 def energy_panel() -> Panel:
     """Energy per quarter hour from the ingest's interval energies, not from counter differences."""
-    return series_panel(
-        "Facility and IT energy per 15 min (kWh)",
-        "Energy used in each quarter hour on the utility feed (facility) and at the IT metering "
-        "points, as the ingest computes it for PUE (the pue measurement): counter rollovers "
-        "handled; a replaced meter, an implausible rise or a gap in the readings leaves the "
-        "quarter hour out rather than counting it as one interval's use.",
-        window_query(
-            f'"{names.FACILITY_KWH_FIELD}" AS "facility", "{names.IT_KWH_FIELD}" AS "IT"',
-            names.PUE,
-            names.QUARTER_HOUR,
+    return _gaps_shown(
+        series_panel(
+            "Facility and IT energy per 15 min (kWh)",
+            "Energy used in each quarter hour on the utility feed (facility) and at the IT metering "
+            "points, as the ingest computes it for PUE (the pue measurement): counter rollovers "
+            "handled; a replaced meter, an implausible rise or a gap in the readings leaves the "
+            "quarter hour out rather than counting it as one interval's use.",
+            window_query(
+                f'"{names.FACILITY_KWH_FIELD}" AS "facility", "{names.IT_KWH_FIELD}" AS "IT"',
+                names.PUE,
+                names.QUARTER_HOUR,
+            ),
+            alias="$tag_site $col",
+            unit="kwatth",
+            decimals=1,
+            steps=[(None, "green")],
         ),
-        alias="$tag_site $col",
-        unit="kwatth",
-        decimals=1,
-        steps=[(None, "green")],
+        names.QUARTER_HOUR,
     )
 
 

@@ -52,7 +52,9 @@ def online_over_time() -> Panel:
     return state_panel(
         "Online over time",
         "Online while the gateway's health reports arrive (every 60 s by default), offline "
-        "when none came for three minutes. A gateway with no report in the range has no row: "
+        "when none came in three intervals (3 min in short ranges; over long ranges an outage "
+        "shorter than three intervals does not show). A gateway with no report in the range "
+        "has no row: "
         '"Gateways now" shows its last status.',
         f'SELECT ceil(moving_average(max("link_up"), {_ONLINE_BUCKETS})) FROM "{names.HEALTH}" '
         'WHERE "site" =~ /^$site$/ AND "gateway" =~ /^$gateway$/ '

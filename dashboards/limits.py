@@ -32,10 +32,11 @@ a gateway lost for a year is still offline, not forgotten."""
 DEVICE_ERRORS_WINDOW_S: Final = 600
 """Read errors are counted over this window (several health reports at the default 60 s)."""
 
-CRITICAL_HOLD: Final = "2m"
+CRITICAL_HOLD: Final = "3m"
 """How long a per-reading critical condition (fog, icing) must hold before it pages: past a
-lone spike at road-weather intervals of up to a minute, even with one poll missed."""
+lone spike at road-weather intervals of up to a minute with one poll missed and the next a
+little late (2m would be exactly two intervals: no margin at a 1-minute evaluation)."""
 
-WATER_CLASS_HOLD: Final = "10m"
+WATER_CLASS_HOLD: Final = "15m"
 """How long a water class worse than III must hold: past a lone outlying sample at sonde
-intervals of up to 5 min."""
+intervals of up to 5 min with one sample missed and the next late."""
