@@ -5,7 +5,7 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from devices import KINDS
 from pipelines.analytics.energy import windows_between
@@ -25,6 +25,7 @@ from pipelines.derive_windows import (
 )
 from pipelines.influx_query import query_influx
 from pipelines.influx_writer import InfluxWriter
+from pipelines.line_protocol import moment_ns
 from pipelines.points import Point
 
 log = logging.getLogger("ecotel.ingest.derive")
@@ -180,9 +181,7 @@ async def _reading_lines(
             values = {k: v for k, v in row.items() if k in names and v is not None}
             # Stored readings passed the ingest's checks (maybe a site's own ranges): not re-judged.
             checked = model.model_construct(**values)
-            moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
-                microseconds=int(row["time"]) // 1_000
-            )
+            moment = moment_ns(int(row["time"]))
             line = derived_line(
                 site=tags["site"],
                 gateway=tags["gateway"],

@@ -13,14 +13,14 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiosqlite
 
 from collector.durable_sqlite import DurableSqlite, StoreUnusable
 from pipelines.analytics.energy import Window
-from pipelines.line_protocol import timestamp_ns
+from pipelines.line_protocol import moment_ns, timestamp_ns
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (
@@ -67,10 +67,6 @@ _MARK = (
 
 def _where(key: WindowKey) -> tuple[str, str, str, int]:
     return key.family, key.site, key.window.value, timestamp_ns(key.start)
-
-
-def _from_ns(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1_000)
 
 
 class DirtyWindows(DurableSqlite):
@@ -221,7 +217,7 @@ class DirtyWindows(DurableSqlite):
         parameters = [not unclaimed, now, held, *arguments, now, CEILING, *arguments, now, limit]
         async with self.db.execute(query, parameters) as cur:
             return [
-                (WindowKey(family, site, Window(window), _from_ns(start_ns)), int(version))
+                (WindowKey(family, site, Window(window), moment_ns(start_ns)), int(version))
                 for family, site, window, start_ns, version in await cur.fetchall()
             ]
 

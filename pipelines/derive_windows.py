@@ -10,7 +10,7 @@ beside ``complete=0``.
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from pipelines.analytics.energy import (
@@ -30,7 +30,7 @@ from pipelines.derive_config import DatacenterSite, DeriveSettings, MeterRef, Wa
 from pipelines.derive_points import Fields, format_fields
 from pipelines.derive_state import WindowKey
 from pipelines.influx_query import query_influx
-from pipelines.line_protocol import escape_measurement, escape_tag, timestamp_ns
+from pipelines.line_protocol import escape_measurement, escape_tag, moment_ns, timestamp_ns
 
 DATACENTER = "datacenter"
 TRAFFIC = "traffic"
@@ -132,9 +132,7 @@ class WindowDeriver:
             for row in rows:
                 value = row[fieldname]
                 if isinstance(value, int | float):
-                    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
-                        microseconds=int(row["time"]) // 1_000  # type: ignore[call-overload]
-                    )
+                    moment = moment_ns(int(row["time"]))  # type: ignore[call-overload]
                     series.append(CounterReading(time=moment, energy_kwh=float(value)))
         return found
 

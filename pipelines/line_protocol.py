@@ -7,7 +7,7 @@ reading against ~12 us, and the ingest serialises every reading it stores.
 import types
 import typing
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache, lru_cache
 
 from collector.wire import GatewayHealth, GatewayStatus
@@ -48,6 +48,11 @@ def timestamp_ns(moment: datetime) -> int:
 
 
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+def moment_ns(ns: int) -> datetime:
+    """The UTC datetime of a point's nanosecond time (InfluxDB's epoch=ns), to the microsecond."""
+    return _EPOCH + timedelta(microseconds=ns // 1_000)
 
 
 def to_line(

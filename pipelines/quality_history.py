@@ -1,16 +1,15 @@
 """Rebuild the quality checker's memory from what InfluxDB holds, so a restart does not reset flags."""
 
 import logging
-from datetime import UTC, datetime, timedelta
 
 from devices import KINDS
 from pipelines.config import InfluxSettings
 from pipelines.influx_query import query_influx
 from pipelines.influx_writer import InfluxError
+from pipelines.line_protocol import moment_ns
 from pipelines.quality import QualityChecker
 
 log = logging.getLogger("ecotel.ingest.quality")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 async def load_quality_history(
@@ -31,7 +30,7 @@ async def load_quality_history(
             f"GROUP BY * ORDER BY time DESC LIMIT {depth}"
         )
         try:
-            found = await query_influx(influx, query, epoch="u")
+            found = await query_influx(influx, query, epoch="ns")
         except (InfluxError, OSError) as exc:
             log.warning("quality: history of %s not read (%s); judging afresh", kind, exc)
             continue
@@ -46,7 +45,7 @@ async def load_quality_history(
             )
             series_count += 1
             for row in reversed(series.rows()):
-                checker.observe(key, _EPOCH + timedelta(microseconds=int(row["time"])), row)
+                checker.observe(key, moment_ns(int(row["time"])), row)
     # Flags met while replaying were counted when first stored.
     checker.flagged = dict.fromkeys(checker.flagged, 0)
     if series_count:

@@ -2,7 +2,6 @@
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import JsonValue
@@ -18,6 +17,7 @@ from pipelines.decode import (
 from pipelines.derive_config import DeriveSettings
 from pipelines.derive_state import WindowKey
 from pipelines.derive_windows import keys_for_reading
+from pipelines.line_protocol import moment_ns
 from pipelines.line_series import parse_series
 from pipelines.service import IngestService, gateway_points, parse_gateway_message
 
@@ -159,7 +159,7 @@ def windows_of_line(settings: DeriveSettings, line: str) -> set[WindowKey]:
     site, device = series.tags.get("site"), series.tags.get("device")
     if site is None or device is None:
         return set()
-    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=series.time_ns // 1_000)
+    at = moment_ns(series.time_ns)
     return keys_for_reading(settings, site, series.measurement, device, at)
 
 

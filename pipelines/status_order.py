@@ -13,7 +13,7 @@ alone, pipelines/config.py), so each is stamped after the one before it.
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -22,11 +22,10 @@ from pipelines.config import InfluxSettings
 from pipelines.decode import TimeWindow
 from pipelines.influx_query import query_influx
 from pipelines.influx_writer import InfluxError
-from pipelines.line_protocol import STATUS_MEASUREMENT
+from pipelines.line_protocol import STATUS_MEASUREMENT, moment_ns
 
 log = logging.getLogger("ecotel.ingest")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STEP = timedelta(microseconds=1)
 _LOOK_BACK_DAYS = 400
 """Statuses are written only on change: a gateway may have had none for months."""
@@ -77,14 +76,14 @@ class StatusOrder:
         try:
             # Bounded: a hung InfluxDB must not hold up the messages behind this one.
             async with asyncio.timeout(_READ_TIMEOUT_S):
-                found = await query_influx(self._influx, query, epoch="u")
+                found = await query_influx(self._influx, query, epoch="ns")
         except (InfluxError, httpx.HTTPError, OSError, TimeoutError) as exc:
             log.warning("gateway statuses: the latest stored were not read (%s)", exc)
             return
         for series in found:
             key = (series.tags.get("site", ""), series.tags.get("gateway", ""))
             for row in series.rows():
-                stored = _Last(_EPOCH + timedelta(microseconds=int(row["time"])), str(row["last"]))
+                stored = _Last(moment_ns(int(row["time"])), str(row["last"]))
                 seen = self._last.get(key)
                 if seen is None or stored.at > seen.at:
                     self._last[key] = stored
