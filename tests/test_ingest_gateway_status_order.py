@@ -17,6 +17,7 @@ from deploy.servers import InfluxServer, MosquittoServer
 from pipelines.config import for_worker, load_ingest_config
 from pipelines.influx_query import Series, influx_query
 from pipelines.service import IngestService
+from tests.ingest_harness import running_ingest
 
 SITE = f"Zadoi-{uuid.uuid4().hex[:8]}"
 
@@ -72,16 +73,10 @@ async def _ingest(
         encoding="utf-8",
     )
     settings = load_ingest_config(config)
-    service = IngestService(settings if worker is None else for_worker(settings, worker))
-    running = asyncio.create_task(service.run())
-    try:
-        async with asyncio.timeout(60):
-            await service.connected.wait()
+    async with running_ingest(
+        settings if worker is None else for_worker(settings, worker)
+    ) as service:
         yield service
-    finally:
-        service.stop()
-        async with asyncio.timeout(30):
-            await running
 
 
 async def _publish(port: int, *messages: tuple[str, bytes]) -> None:

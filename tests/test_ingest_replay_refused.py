@@ -6,7 +6,6 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from pipelines.dead_letter import DeadLetterStore
 from pipelines.influx_query import influx_query
 from pipelines.service import IngestService
 from tests.hydrology_load import hydrology_message
+from tests.ingest_harness import running_ingest
 
 OPERATOR = "operator-token-0123456789"
 # InfluxDB's shards of the default policy are weeks from Monday 00:00 UTC: a type conflict
@@ -42,18 +42,8 @@ def _config(
     return config
 
 
-@contextlib.asynccontextmanager
-async def _running(config: Path) -> AsyncIterator[IngestService]:
-    service = IngestService(load_ingest_config(config))
-    running = asyncio.create_task(service.run())
-    try:
-        async with asyncio.timeout(60):
-            await service.connected.wait()
-        yield service
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+def _running(config: Path) -> contextlib.AbstractAsyncContextManager[IngestService]:
+    return running_ingest(load_ingest_config(config))
 
 
 async def _influx(url: str, db: str, statement: str) -> list[Any]:
