@@ -118,14 +118,20 @@ def test_impossible_options_are_refused_before_anything_starts(
     assert not data.exists()
 
 
-def test_a_running_stack_holds_its_data_dir_and_answers_queries(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    running = subprocess.Popen(
-        [*STACK, "run", "--data-dir", str(data), "--duration", "60", "--interval", "1"],
+def _start(data: Path, interval: str, *, new_session: bool = False) -> subprocess.Popen[str]:
+    """A stack of 60 s on ``data``, its output read by the test."""
+    return subprocess.Popen(
+        [*STACK, "run", "--data-dir", str(data), "--duration", "60", "--interval", interval],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
+
+
+def test_a_running_stack_holds_its_data_dir_and_answers_queries(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    running = _start(data, "1")
     try:
         assert running.stdout is not None
         for line in running.stdout:
@@ -172,13 +178,7 @@ def test_a_terminals_signal_to_the_whole_job_stops_the_stack_in_order(
     # the stack alone: the servers must outlive the ingest's last write, then be stopped.
     psutil = pytest.importorskip("psutil")
     data = tmp_path / "data"
-    running = subprocess.Popen(
-        [*STACK, "run", "--data-dir", str(data), "--duration", "60", "--interval", "0.5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    running = _start(data, "0.5", new_session=True)
     try:
         assert running.stdout is not None
         for line in running.stdout:
@@ -207,12 +207,7 @@ def test_a_terminals_signal_to_the_whole_job_stops_the_stack_in_order(
 @pytest.mark.slow
 def test_readings_posted_to_the_stacks_api_are_not_reported_as_repeats(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    running = subprocess.Popen(
-        [*STACK, "run", "--data-dir", str(data), "--duration", "60", "--interval", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    running = _start(data, "1")
     try:
         assert running.stdout is not None
         api = ""
