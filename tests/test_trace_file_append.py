@@ -35,15 +35,20 @@ def _records(n: int, start: int = 0) -> list[TraceRecord]:
     ]
 
 
-def _cut_trace(path: Path) -> list[TraceRecord]:
-    """A trace whose last member was cut mid-way (kill -9); returns what is readable of it."""
+def _two_members(path: Path, later: int) -> bytes:
+    """A trace of two gzip members: 10 messages, then ``later`` more; its bytes."""
     with TraceWriter(path, HEADER) as writer:
         for rec in _records(10):
             writer.write(rec)
         writer.flush()
-        for rec in _records(200, start=10):
+        for rec in _records(later, start=10):
             writer.write(rec)
-    whole = path.read_bytes()
+    return path.read_bytes()
+
+
+def _cut_trace(path: Path) -> list[TraceRecord]:
+    """A trace whose last member was cut mid-way (kill -9); returns what is readable of it."""
+    whole = _two_members(path, 200)
     first_member = len(whole) - (len(whole) - 1) // 2
     path.write_bytes(whole[: first_member + (len(whole) - first_member) // 2])
     readable, stats = load_trace([path])
@@ -105,13 +110,7 @@ def test_appending_after_a_cut_anywhere_loses_no_whole_line(
     tmp_path_factory: pytest.TempPathFactory, cut: float
 ) -> None:
     path = tmp_path_factory.mktemp("cut") / "t.trace.gz"
-    with TraceWriter(path, HEADER) as writer:
-        for rec in _records(10):
-            writer.write(rec)
-        writer.flush()
-        for rec in _records(30, start=10):
-            writer.write(rec)
-    whole = path.read_bytes()
+    whole = _two_members(path, 30)
     path.write_bytes(whole[: int(len(whole) * cut)])
     readable = _readable(path)
     second = TraceHeader(broker="mqtt://new", filters=["#"], started_at=datetime.now(UTC))

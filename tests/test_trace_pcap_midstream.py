@@ -50,6 +50,15 @@ def _capture(path: Path, stream: bytes, *, skip: int = 0, syn: bool = False) -> 
     return path
 
 
+def _import(capture: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "import-pcap", str(capture), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_a_capture_starting_inside_a_payload_gives_the_whole_messages_after_it(
     tmp_path: Path,
 ) -> None:
@@ -57,12 +66,7 @@ def test_a_capture_starting_inside_a_payload_gives_the_whole_messages_after_it(
     stream = b"".join(packets)
     capture = _capture(tmp_path / "mid.pcap", stream, skip=stream.index(b"35.25"))
     out = tmp_path / "mid.trace.gz"
-    result = subprocess.run(
-        [*CLI, "import-pcap", str(capture), "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _import(capture, out)
     assert result.returncode == 0, result.stderr
     assert "5 PUBLISH messages" in result.stdout
     assert "skipped 19 bytes to its first whole MQTT packet" in result.stderr
@@ -82,12 +86,7 @@ def test_bytes_that_are_no_valid_publish_end_the_stream_with_a_warning(tmp_path:
         stream = connect_packet("gw", 30, clean=True) + b"".join(good) + wrong + _publish(5, [5.0])
         capture = _capture(tmp_path / f"bad{index}.pcap", stream, syn=True)
         out = tmp_path / f"bad{index}.trace.gz"
-        result = subprocess.run(
-            [*CLI, "import-pcap", str(capture), "-o", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = _import(capture, out)
         assert result.returncode == 0, result.stderr
         assert "warning: 1 connections are not readable MQTT" in result.stdout
         imported, _ = load_trace([out])
